@@ -1,0 +1,76 @@
+"""The ``atomsift`` command line.
+
+Each concept package contributes its verbs through a ``register(subparsers)`` function in its
+``cli`` module; handlers import heavy dependencies (torch, h5py, ...) lazily so that ``atomsift
+--help`` and light verbs start fast. Any :class:`~atomsift.errors.InputError` (and a missing file)
+becomes one line on stderr and exit code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from atomsift import __version__
+from atomsift.errors import InputError
+
+# Modules that add verbs, in the order their verbs appear in --help.
+VERB_MODULES = (
+    "atomsift.data.cli",
+    "atomsift.models.cli",
+    "atomsift.csi.cli",
+    "atomsift.train.cli",
+    "atomsift.report.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="atomsift",
+        description="CSI dataset selection, budgeted pretraining and finetuning for atomistic models.",
+    )
+    parser.add_argument("--version", action="version", version=f"atomsift {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for name in VERB_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def print_json(obj) -> None:
+    """Print ``obj`` as indented JSON on stdout (the ``--json`` output of every verb)."""
+    json.dump(obj, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except InputError as exc:
+        if debug:
+            raise
+        print(f"atomsift {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        if debug:
+            raise
+        name = exc.filename or str(exc)
+        print(f"atomsift {args.verb}: error: {name}: no such file or directory", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"atomsift {args.verb}: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Chemical Similarity Index: feature moments, Frechet distance, dataset selection."""

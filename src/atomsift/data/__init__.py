@@ -1,0 +1,1 @@
+"""Datasets: the canonical store, readers, splits, sampling, graphs and the mini-universe."""

@@ -1,0 +1,126 @@
+"""Verbs of atomsift.data: prepare, info, show (and generate, from the mini-universe)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("prepare", help="convert a dataset into the canonical store")
+    p.add_argument("dataset", help="dataset name: qm9, ase, ani1x, transition1x, oc20, oc22, rmd17, md22, md17, spice, qmof, matbench")
+    p.add_argument("--source", help="the downloaded release file or directory (qm9: defaults to the qm9pack wheel)")
+    p.add_argument("--out", required=True, help="store directory to write")
+    p.add_argument("--subset", help="molecule / SPICE subset / MatBench task, for readers that take one")
+    p.add_argument("--energy-key", help="key of the energy (ase: info key; ani1x: level of theory, e.g. wb97x_dz.energy)")
+    p.add_argument("--forces-key", help="key of the forces (ase: arrays key; ani1x: e.g. wb97x_dz.forces)")
+    p.add_argument("--class-key", help="ase: info key holding the class label (default: the formula)")
+    p.add_argument("--metadata", help="oc20/oc22: metadata pickle with bulk_symbols per system")
+    p.add_argument("--ref-energies", help="oc20: reference energies (.txt or .pkl) to turn referenced into total energies")
+    p.add_argument("--total-energy", action="store_true", help="oc20: store total instead of referenced energies")
+    p.add_argument("--fold", type=int, help="matbench: fold 0-4 (default: all five, as splits foldK_train/val/test)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the split permutation (default: the reader's JMP value)")
+    p.add_argument("--limit", type=int, default=None, help="read at most this many structures (for quick tests)")
+    p.add_argument("--json", action="store_true", help="print the store summary as JSON")
+    p.set_defaults(func=_prepare)
+
+    p = sub.add_parser("info", help="summarise a store")
+    p.add_argument("store")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser("show", help="print one structure of a store (eV, Angstrom)")
+    p.add_argument("store")
+    p.add_argument("index", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_show)
+
+    try:
+        from atomsift.data.mini.cli import register as register_mini
+    except ModuleNotFoundError:
+        return
+    register_mini(sub)
+
+
+_READER_OPTIONS = ("subset", "energy_key", "forces_key", "class_key", "metadata", "ref_energies", "total_energy", "fold", "seed", "limit")
+
+
+def _prepare(args) -> int:
+    import time
+
+    from atomsift.cli import print_json
+    from atomsift.data.readers import prepare
+    from atomsift.data.store import Store
+
+    opts = {k: getattr(args, k) for k in _READER_OPTIONS if getattr(args, k) not in (None, False)}
+    t0 = time.perf_counter()
+    out = prepare(args.dataset, args.source, args.out, **opts)
+    info = Store(out).info()
+    if args.json:
+        print_json(info)
+    else:
+        print(f"prepared {args.dataset}: {info['n_structures']} structures, {info['n_atoms']} atoms -> {out} ({time.perf_counter() - t0:.1f} s)")
+        _print_info(info)
+    return 0
+
+
+def _print_info(info: dict) -> None:
+    print(f"dataset      {info['dataset']}  ({info['reader']['name']} reader v{info['reader']['version']})")
+    print(f"structures   {info['n_structures']}")
+    print(f"atoms        {info['n_atoms']}")
+    print(f"elements     {info['elements']}")
+    print(f"splits       " + ", ".join(f"{k} {v}" for k, v in info["splits"].items()))
+    print(f"classes      {info['n_classes']}")
+    print(f"fields       {', '.join(info['fields'])}")
+    if info.get("targets"):
+        print(f"targets      {', '.join(info['targets'])}")
+    if info.get("level_of_theory"):
+        print(f"theory       {info['level_of_theory']}")
+
+
+def _info(args) -> int:
+    from atomsift.cli import print_json
+    from atomsift.data.store import Store
+
+    info = Store(args.store).info()
+    if args.json:
+        print_json(info)
+    else:
+        _print_info(info)
+    return 0
+
+
+def _show(args) -> int:
+    from atomsift.cli import print_json
+    from atomsift.data.store import Store
+    from atomsift.errors import InputError
+
+    store = Store(args.store)
+    if not 0 <= args.index < len(store):
+        raise InputError(f"index {args.index} out of range (store has {len(store)} structures)", path=args.store, field="INDEX")
+    r = store[args.index]
+    out = {
+        "index": r.index,
+        "numbers": r.numbers.tolist(),
+        "positions": r.positions.tolist(),
+        "cell": r.cell.tolist(),
+        "pbc": r.pbc.tolist(),
+        "energy": r.energy,
+        "forces": None if r.forces is None else r.forces.tolist(),
+        "tags": r.tags.tolist(),
+        "fixed": r.fixed.tolist(),
+        "targets": r.targets,
+        "class": r.cls,
+        "sid": r.sid,
+    }
+    if args.json:
+        print_json(out)
+    else:
+        from ase.formula import Formula
+
+        print(f"structure {r.index}: {Formula.from_list([int(z) for z in r.numbers]).format('hill')}, {r.natoms} atoms, class {r.cls}")
+        if r.energy is not None:
+            print(f"energy  {r.energy:.6f} eV")
+        for k, v in r.targets.items():
+            print(f"{k:8s}{v:.8g}")
+    return 0

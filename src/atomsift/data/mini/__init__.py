@@ -1,0 +1,1 @@
+"""Embedded mini-universe: small analogs of the paper's datasets labelled by real physics."""

@@ -1,0 +1,610 @@
+"""The canonical atom store: one directory per dataset, memory-mapped ``.npy`` fields.
+
+Layout (format version 1, documented in ``docs/store.md``)::
+
+    DIR/manifest.json        format, dataset, source (path, sha256), reader, units, fields, counts
+    DIR/offsets.npy          (n+1,) int64: atoms of structure i are offsets[i]:offsets[i+1]
+    DIR/numbers.npy          (n_atoms,) uint8 atomic numbers
+    DIR/positions.npy        (n_atoms, 3) float64, Angstrom
+    DIR/cell.npy             (n, 3, 3) float64, Angstrom (zeros for molecules)
+    DIR/pbc.npy              (n, 3) bool
+    DIR/energy.npy           (n,) float64, eV                 [optional]
+    DIR/forces.npy           (n_atoms, 3) float64, eV/Angstrom [optional]
+    DIR/tags.npy             (n_atoms,) int8 (OC20: 0 sub-surface, 1 surface, 2 adsorbate)
+    DIR/fixed.npy            (n_atoms,) bool
+    DIR/targets.npy          (n, T) float64, named in manifest["targets"]   [optional]
+    DIR/class_index.npy      (n,) int32 into DIR/classes.json           [optional]
+    DIR/sid.npy              (n,) int64 source id (reaction, system, molecule)  [optional]
+    DIR/splits/NAME.npy      int64 structure indices of a split
+
+Writers stream: structures are buffered in chunks and appended to the ``.npy`` files, whose
+headers are completed at the end; memory stays bounded whatever the dataset size. Everything is
+written into a hidden temporary sibling and published by one ``rename``, so a killed conversion
+leaves nothing that looks like a store.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from atomsift import __version__
+from atomsift.errors import InputError
+
+FORMAT_NAME = "atomsift-store"
+FORMAT_VERSION = 1
+
+UNITS = {
+    "positions": "Angstrom",
+    "cell": "Angstrom",
+    "energy": "eV",
+    "forces": "eV/Angstrom",
+}
+
+# name -> (dtype, per-atom?, trailing shape)
+_FIELDS = {
+    "numbers": (np.uint8, True, ()),
+    "positions": (np.float64, True, (3,)),
+    "forces": (np.float64, True, (3,)),
+    "tags": (np.int8, True, ()),
+    "fixed": (np.bool_, True, ()),
+    "cell": (np.float64, False, (3, 3)),
+    "pbc": (np.bool_, False, (3,)),
+    "energy": (np.float64, False, ()),
+    "class_index": (np.int32, False, ()),
+    "sid": (np.int64, False, ()),
+}
+_ALWAYS = ("numbers", "positions", "cell", "pbc", "tags", "fixed")
+_HEADER_LEN = 256  # bytes reserved for a .npy header (magic + len + dict), rewritten on close
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file, or of every file below a directory (sorted by relative path)."""
+    p = Path(path)
+    h = hashlib.sha256()
+    files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())
+    for f in files:
+        if p.is_dir():
+            h.update(str(f.relative_to(p)).encode())
+        with open(f, "rb") as fh:
+            while True:
+                b = fh.read(chunk)
+                if not b:
+                    break
+                h.update(b)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------- .npy streaming
+
+
+class _NpyAppender:
+    """Append rows to a ``.npy`` file whose header is written with the final shape on close."""
+
+    def __init__(self, path: Path, dtype, trailing: tuple[int, ...]):
+        self.path = path
+        self.dtype = np.dtype(dtype)
+        self.trailing = tuple(trailing)
+        self.rows = 0
+        self.fh = open(path, "wb")
+        self.fh.write(b"\0" * _HEADER_LEN)
+
+    def append(self, arr: np.ndarray) -> None:
+        arr = np.ascontiguousarray(arr, dtype=self.dtype)
+        self.fh.write(arr.tobytes())
+        self.rows += arr.shape[0]
+
+    def close(self) -> None:
+        shape = (self.rows, *self.trailing)
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape}
+        text = repr(header).encode("latin1")
+        pre = b"\x93NUMPY\x01\x00"
+        body_len = _HEADER_LEN - len(pre) - 2
+        if len(text) + 1 > body_len:
+            raise RuntimeError("npy header too long")
+        text = text + b" " * (body_len - len(text) - 1) + b"\n"
+        self.fh.seek(0)
+        self.fh.write(pre + np.uint16(body_len).tobytes() + text)
+        self.fh.close()
+
+
+# ----------------------------------------------------------------------------------------- writer
+
+
+class StoreWriter:
+    """Stream structures into a new store at ``out``; publish atomically on :meth:`close`.
+
+    Use as a context manager: on a clean exit the store is validated and published, on an
+    exception the temporary directory is removed and nothing appears at ``out``::
+
+        with StoreWriter(out, dataset="qm9", source=path, reader="qm9", reader_version="1",
+                         level_of_theory="B3LYP/6-31G(2df,p)", target_names=["U0", ...]) as w:
+            w.add(numbers, positions, targets=[...], cls="C1H4")
+            w.set_split("train", idx)
+    """
+
+    def __init__(
+        self,
+        out: str | Path,
+        *,
+        dataset: str,
+        source: str | Path | None = None,
+        reader: str,
+        reader_version: str = "1",
+        level_of_theory: str | None = None,
+        target_names: Sequence[str] = (),
+        target_units: dict[str, str] | None = None,
+        has_energy: bool = False,
+        has_forces: bool = False,
+        has_sid: bool = False,
+        energy_kind: str | None = None,
+        source_sha256: str | None = None,
+        extra: dict | None = None,
+        chunk_size: int = 8192,
+    ):
+        self.out = Path(out)
+        self.dataset = dataset
+        self.source = None if source is None else str(source)
+        self.source_label = self.source or dataset
+        self.reader = reader
+        self.reader_version = str(reader_version)
+        self.level_of_theory = level_of_theory
+        self.target_names = list(target_names)
+        self.target_units = dict(target_units or {})
+        self.has_energy = has_energy
+        self.has_forces = has_forces
+        self.has_sid = has_sid
+        self.energy_kind = energy_kind
+        self.source_sha256 = source_sha256
+        self.extra = dict(extra or {})
+        self.chunk_size = chunk_size
+        self._classes: dict[str, int] = {}
+        self._splits: dict[str, np.ndarray] = {}
+        self._n = 0
+        self._n_atoms = 0
+        self._elements = np.zeros(119, dtype=bool)
+        self._buf: dict[str, list] = {}
+        self._closed = False
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.out.parent / f".{self.out.name}.tmp-{uuid.uuid4().hex[:8]}"
+        self.tmp.mkdir()
+        fields = list(_ALWAYS)
+        if has_energy:
+            fields.append("energy")
+        if has_forces:
+            fields.append("forces")
+        if has_sid:
+            fields.append("sid")
+        fields.append("class_index")
+        self.fields = fields
+        self._files = {f: _NpyAppender(self.tmp / f"{f}.npy", _FIELDS[f][0], _FIELDS[f][2]) for f in fields}
+        if self.target_names:
+            self._files["targets"] = _NpyAppender(self.tmp / "targets.npy", np.float64, (len(self.target_names),))
+        self._offsets = [np.zeros(1, dtype=np.int64)]
+        self._reset_buf()
+
+    # -- public API
+
+    @property
+    def n_structures(self) -> int:
+        return self._n
+
+    def add(
+        self,
+        numbers,
+        positions,
+        *,
+        cell=None,
+        pbc=None,
+        energy=None,
+        forces=None,
+        tags=None,
+        fixed=None,
+        targets=None,
+        cls: str | None = None,
+        sid: int | None = None,
+        where: str | None = None,
+    ) -> int:
+        """Validate and buffer one structure; return its index. ``where`` names it in errors."""
+        i = self._n
+        loc = where if where is not None else f"structure {i}"
+
+        def bad(fieldname: str, msg: str):
+            return InputError(f"{loc}: {msg}", path=self.source_label, field=fieldname)
+
+        z = np.asarray(numbers)
+        if z.ndim != 1 or z.size == 0:
+            raise bad("numbers", f"expected a non-empty 1-D array, got shape {z.shape}")
+        if not np.issubdtype(z.dtype, np.number) or (np.issubdtype(z.dtype, np.floating) and not np.all(np.isfinite(z))):
+            raise bad("numbers", "atomic numbers must be numeric")
+        zi = z.astype(np.int64)
+        if np.issubdtype(z.dtype, np.floating) and np.any(zi != z):
+            raise bad("numbers", "atomic numbers must be integers")
+        if zi.min() < 1 or zi.max() > 118:
+            raise bad("numbers", f"atomic number {int(zi.min() if zi.min() < 1 else zi.max())} outside 1..118")
+        n = zi.size
+        pos = self._float(positions, (n, 3), "positions", bad)
+        if cell is None:
+            cell_a = np.zeros((3, 3))
+        else:
+            cell_a = self._float(cell, (3, 3), "cell", bad, reshape=True)
+        pbc_a = np.zeros(3, dtype=bool) if pbc is None else np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+        if pbc_a.any() and abs(np.linalg.det(cell_a)) < 1e-8:
+            raise bad("cell", "periodic structure with a singular cell")
+        b = self._buf
+        if self.has_energy:
+            if energy is None:
+                raise bad("energy", "missing")
+            e = np.asarray(energy, dtype=np.float64).reshape(-1)
+            if e.size != 1:
+                raise bad("energy", f"expected a scalar, got {e.size} values")
+            if not np.isfinite(e[0]):
+                raise bad("energy", "non-finite value")
+            b["energy"].append(e)
+        if self.has_forces:
+            if forces is None:
+                raise bad("forces", "missing")
+            b["forces"].append(self._float(forces, (n, 3), "forces", bad))
+        if self.target_names:
+            if targets is None:
+                raise bad("targets", "missing")
+            t = np.asarray(targets, dtype=np.float64).reshape(-1)
+            if t.size != len(self.target_names):
+                raise bad("targets", f"expected {len(self.target_names)} values, got {t.size}")
+            if not np.all(np.isfinite(t)):
+                name = self.target_names[int(np.argmin(np.isfinite(t)))]
+                raise bad(f"targets.{name}", "non-finite value")
+            b["targets"].append(t[None, :])
+        if self.has_sid:
+            b["sid"].append(np.array([-1 if sid is None else int(sid)], dtype=np.int64))
+        tg = np.zeros(n, dtype=np.int8) if tags is None else np.asarray(tags)
+        if tg.shape != (n,):
+            raise bad("tags", f"expected shape ({n},), got {tg.shape}")
+        fx = np.zeros(n, dtype=bool) if fixed is None else np.asarray(fixed).astype(bool)
+        if fx.shape != (n,):
+            raise bad("fixed", f"expected shape ({n},), got {fx.shape}")
+        ci = -1
+        if cls is not None:
+            ci = self._classes.setdefault(str(cls), len(self._classes))
+        b["numbers"].append(zi.astype(np.uint8))
+        b["positions"].append(pos)
+        b["cell"].append(cell_a[None])
+        b["pbc"].append(pbc_a[None])
+        b["tags"].append(tg.astype(np.int8))
+        b["fixed"].append(fx)
+        b["class_index"].append(np.array([ci], dtype=np.int32))
+        self._elements[zi] = True
+        self._n_atoms += n
+        self._offsets.append(np.array([self._n_atoms], dtype=np.int64))
+        self._n += 1
+        if len(b["numbers"]) >= self.chunk_size:
+            self._flush()
+        return i
+
+    def set_split(self, name: str, indices: Iterable[int]) -> None:
+        """Record a split (structure indices); checked against the final count on close."""
+        self._splits[name] = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices, dtype=np.int64)
+
+    def close(self) -> Path:
+        """Validate, write the manifest and publish by rename. Returns the store path."""
+        if self._closed:
+            return self.out
+        self._flush()
+        if self._n == 0:
+            raise InputError("empty dataset: no structures were read", path=self.source_label)
+        for f in self._files.values():
+            f.close()
+        np.save(self.tmp / "offsets.npy", np.concatenate(self._offsets))
+        classes = sorted(self._classes, key=self._classes.get)
+        if classes:
+            with open(self.tmp / "classes.json", "w") as fh:
+                json.dump(classes, fh)
+        split_counts = {}
+        if self._splits:
+            (self.tmp / "splits").mkdir()
+            for name, idx in self._splits.items():
+                if idx.size and (idx.min() < 0 or idx.max() >= self._n):
+                    raise RuntimeError(f"split '{name}' indexes outside 0..{self._n - 1}")
+                np.save(self.tmp / "splits" / f"{name}.npy", idx)
+                split_counts[name] = int(idx.size)
+        units = {k: v for k, v in UNITS.items() if k in self.fields}
+        if self.target_names:
+            units["targets"] = {t: self.target_units.get(t, "") for t in self.target_names}
+        src = None
+        if self.source is not None:
+            sha = self.source_sha256
+            if sha is None and Path(self.source).exists():
+                sha = sha256_file(self.source)
+            src = {"path": str(Path(self.source).resolve()) if Path(self.source).exists() else self.source, "sha256": sha}
+        manifest = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "dataset": self.dataset,
+            "source": src,
+            "reader": {"name": self.reader, "version": self.reader_version},
+            "atomsift_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "level_of_theory": self.level_of_theory,
+            "energy_kind": self.energy_kind,
+            "units": units,
+            "fields": self.fields + (["targets"] if self.target_names else []),
+            "targets": self.target_names,
+            "counts": {"n_structures": self._n, "n_atoms": self._n_atoms, "n_classes": len(classes)},
+            "elements": [int(z) for z in np.nonzero(self._elements)[0]],
+            "splits": split_counts,
+            **({"provenance": self.extra} if self.extra else {}),
+        }
+        with open(self.tmp / "manifest.json", "w") as fh:
+            json.dump(manifest, fh, indent=2)
+        _publish(self.tmp, self.out)
+        self._closed = True
+        return self.out
+
+    def abort(self) -> None:
+        for f in self._files.values():
+            try:
+                f.fh.close()
+            except Exception:
+                pass
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._closed = True
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            try:
+                self.close()
+            except BaseException:
+                self.abort()
+                raise
+        else:
+            self.abort()
+
+    # -- internals
+
+    def _reset_buf(self) -> None:
+        self._buf = {f: [] for f in self.fields}
+        if self.target_names:
+            self._buf["targets"] = []
+
+    def _flush(self) -> None:
+        if not self._buf["numbers"]:
+            return
+        for name, parts in self._buf.items():
+            self._files[name].append(np.concatenate(parts, axis=0))
+        self._reset_buf()
+
+    @staticmethod
+    def _float(value, shape, name, bad, reshape=False) -> np.ndarray:
+        try:
+            a = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise bad(name, "not numeric") from None
+        if reshape and a.size == int(np.prod(shape)):
+            a = a.reshape(shape)
+        if a.shape != tuple(shape):
+            raise bad(name, f"expected shape {tuple(shape)}, got {a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise bad(name, "non-finite value")
+        return a
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Replace ``out`` by ``tmp`` with renames only (the old store vanishes as one step)."""
+    if out.exists() or out.is_symlink():
+        trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(out, trash)
+        os.rename(tmp, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
+
+
+# ----------------------------------------------------------------------------------------- reader
+
+
+@dataclass
+class Record:
+    """One structure, in eV / Angstrom. Optional fields are None when the store lacks them."""
+
+    index: int
+    numbers: np.ndarray
+    positions: np.ndarray
+    cell: np.ndarray
+    pbc: np.ndarray
+    tags: np.ndarray
+    fixed: np.ndarray
+    energy: float | None = None
+    forces: np.ndarray | None = None
+    targets: dict[str, float] = field(default_factory=dict)
+    cls: str | None = None
+    sid: int | None = None
+
+    @property
+    def natoms(self) -> int:
+        return int(self.numbers.shape[0])
+
+    def to_atoms(self):
+        """This record as an :class:`ase.Atoms` (energy and forces attached as a calculator)."""
+        from ase import Atoms
+        from ase.calculators.singlepoint import SinglePointCalculator
+
+        atoms = Atoms(numbers=self.numbers, positions=self.positions, cell=self.cell, pbc=self.pbc, tags=self.tags)
+        if self.energy is not None or self.forces is not None:
+            atoms.calc = SinglePointCalculator(atoms, energy=self.energy, forces=self.forces)
+        return atoms
+
+
+class Store:
+    """Read-only view of a store directory: O(1) random access through memory maps.
+
+    ``store[i]`` returns a :class:`Record`; ``store.subset(idx)`` a cheap view over chosen indices;
+    ``store.split("train")`` the split's index array.
+    """
+
+    def __init__(self, path: str | Path, _indices: np.ndarray | None = None):
+        self.path = Path(path)
+        mpath = self.path / "manifest.json"
+        if not self.path.is_dir():
+            raise InputError("not a directory (expected an atomsift store)", path=self.path)
+        if not mpath.exists():
+            raise InputError("not an atomsift store (no manifest.json)", path=self.path)
+        try:
+            with open(mpath) as fh:
+                self.manifest = json.load(fh)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"manifest is not valid JSON ({exc.msg} at line {exc.lineno})", path=mpath) from None
+        if self.manifest.get("format") != FORMAT_NAME:
+            raise InputError(f"not an atomsift store manifest (format={self.manifest.get('format')!r})", path=mpath, field="format")
+        if self.manifest.get("format_version") != FORMAT_VERSION:
+            raise InputError(f"unsupported format_version {self.manifest.get('format_version')!r}", path=mpath, field="format_version")
+        self.fields = list(self.manifest["fields"])
+        self.target_names = list(self.manifest.get("targets", []))
+        self._arrays: dict[str, np.ndarray] = {}
+        self._indices = _indices
+        cpath = self.path / "classes.json"
+        self.classes: list[str] = json.load(open(cpath)) if cpath.exists() else []
+
+    # -- arrays
+
+    def array(self, name: str) -> np.ndarray:
+        """The memory-mapped array of field ``name`` over the whole store (not the subset)."""
+        a = self._arrays.get(name)
+        if a is None:
+            p = self.path / f"{name}.npy"
+            if not p.exists():
+                raise InputError(f"store has no field '{name}'", path=self.path, field=name)
+            a = np.load(p, mmap_mode="r")
+            self._arrays[name] = a
+        return a
+
+    def has(self, name: str) -> bool:
+        return name in self.fields
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return self.array("offsets")
+
+    @property
+    def indices(self) -> np.ndarray:
+        """Global indices of the structures of this view."""
+        if self._indices is None:
+            return np.arange(self.manifest["counts"]["n_structures"])
+        return self._indices
+
+    @property
+    def natoms(self) -> np.ndarray:
+        """Atoms per structure of this view."""
+        off = self.offsets
+        natoms = np.diff(off)
+        return natoms if self._indices is None else natoms[self._indices]
+
+    @property
+    def class_index(self) -> np.ndarray:
+        ci = np.asarray(self.array("class_index"))
+        return ci if self._indices is None else ci[self._indices]
+
+    @property
+    def dataset(self) -> str:
+        return self.manifest["dataset"]
+
+    def __len__(self) -> int:
+        return int(self.manifest["counts"]["n_structures"]) if self._indices is None else int(self._indices.size)
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    def __getitem__(self, i: int) -> Record:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} out of range for {n} structures")
+        g = int(self.indices[i]) if self._indices is not None else (i % n)
+        return self.record(g)
+
+    def record(self, g: int) -> Record:
+        """The structure with global index ``g`` (ignores any subset)."""
+        off = self.offsets
+        a, b = int(off[g]), int(off[g + 1])
+        rec = Record(
+            index=g,
+            numbers=np.array(self.array("numbers")[a:b], dtype=np.int64),
+            positions=np.array(self.array("positions")[a:b]),
+            cell=np.array(self.array("cell")[g]),
+            pbc=np.array(self.array("pbc")[g]),
+            tags=np.array(self.array("tags")[a:b], dtype=np.int64),
+            fixed=np.array(self.array("fixed")[a:b]),
+        )
+        if "energy" in self.fields:
+            rec.energy = float(self.array("energy")[g])
+        if "forces" in self.fields:
+            rec.forces = np.array(self.array("forces")[a:b])
+        if self.target_names:
+            t = self.array("targets")[g]
+            rec.targets = {k: float(v) for k, v in zip(self.target_names, t)}
+        ci = int(self.array("class_index")[g])
+        if ci >= 0 and self.classes:
+            rec.cls = self.classes[ci]
+        if "sid" in self.fields:
+            rec.sid = int(self.array("sid")[g])
+        return rec
+
+    # -- subsets and splits
+
+    def split_names(self) -> list[str]:
+        d = self.path / "splits"
+        return sorted(p.stem for p in d.glob("*.npy")) if d.is_dir() else []
+
+    def split(self, name: str) -> np.ndarray:
+        p = self.path / "splits" / f"{name}.npy"
+        if not p.exists():
+            raise InputError(f"store has no split '{name}' (has: {', '.join(self.split_names()) or 'none'})", path=self.path, field="splits")
+        return np.load(p)
+
+    def subset(self, indices) -> "Store":
+        """A view over ``indices`` (global indices when self is the whole store, else positions in self)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if self._indices is not None:
+            idx = self._indices[idx]
+        view = Store.__new__(Store)
+        view.__dict__.update(self.__dict__)
+        view._indices = idx
+        return view
+
+    def split_view(self, name: str) -> "Store":
+        return self.subset(self.split(name))
+
+    def info(self) -> dict:
+        """The ``atomsift info --json`` summary."""
+        m = self.manifest
+        return {
+            "path": str(self.path),
+            "dataset": m["dataset"],
+            "n_structures": m["counts"]["n_structures"],
+            "n_atoms": m["counts"]["n_atoms"],
+            "elements": m["elements"],
+            "splits": m.get("splits", {}),
+            "n_classes": m["counts"].get("n_classes", len(self.classes)),
+            "fields": m["fields"],
+            "targets": m.get("targets", []),
+            "units": m["units"],
+            "level_of_theory": m.get("level_of_theory"),
+            "energy_kind": m.get("energy_kind"),
+            "reader": m["reader"],
+            "source": m.get("source"),
+        }
+
+
+def open_store(path: str | Path) -> Store:
+    return Store(path)

@@ -1,0 +1,32 @@
+"""Errors that carry a one-line, user-facing message.
+
+Raise :class:`InputError` where bad input is first seen, naming the file and the field; the CLI
+turns it into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class InputError(Exception):
+    """Bad user input: a missing or malformed file, a bad field, an invalid parameter."""
+
+    def __init__(self, message: str, *, path: str | Path | None = None, field: str | None = None):
+        parts = []
+        if path is not None:
+            parts.append(str(path))
+        if field is not None:
+            parts.append(f"field '{field}'")
+        prefix = ": ".join(parts)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+        self.path = None if path is None else str(path)
+        self.field = field
+
+
+def require_file(path: str | Path, what: str = "file") -> Path:
+    """Return ``path`` as a Path, or raise InputError if it does not exist."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{what} does not exist", path=p)
+    return p

@@ -1,0 +1,1 @@
+"""GemNet-OC backbone, heads and checkpoint I/O."""

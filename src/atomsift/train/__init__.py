@@ -1,0 +1,1 @@
+"""Budgeted pretraining and finetuning (Lightning)."""
