@@ -1,0 +1,320 @@
+"""Helpers shared by the dataset readers: unit factors, checked HDF5/npz access, JMP-style splits.
+
+Every function here turns a problem with the source into an :class:`InputError` whose message is
+one line naming the file, the group/key and (where there is one) the row index, so that
+``atomsift prepare`` exits with code 2 and never shows a traceback from inside h5py or numpy.
+
+Unit factors come from :mod:`ase.units` (CODATA 2014), the same constants the reference loaders
+use (JMP's ANI-1x and Transition-1x scripts multiply by ``ase.units.Hartree``).
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+from ase import units as _u
+from ase.data import chemical_symbols as _SYMBOLS
+
+from atomsift.errors import InputError
+
+# ------------------------------------------------------------------------------------------ units
+
+HARTREE = float(_u.Hartree)  # eV per Hartree, 27.211386024367243
+BOHR = float(_u.Bohr)  # Angstrom per bohr, 0.5291772105638411
+HARTREE_PER_BOHR = HARTREE / BOHR  # eV/Angstrom per Hartree/bohr
+KCAL_MOL = float(_u.kcal / _u.mol)  # eV per kcal/mol, 0.04336410390059322 (JMP: 1/23.061 = 0.0433632540)
+
+DEFAULT_SEED = 42  # JMP's fine-tuning seed; every molecular reader uses it unless --seed is given
+
+
+def one_line(exc: BaseException | str) -> str:
+    """The text of ``exc`` on one line (h5py/zipfile messages can span several)."""
+    return re.sub(r"\s+", " ", str(exc)).strip()
+
+
+# ------------------------------------------------------------------------------------------ paths
+
+
+def source_path(source, *, what: str = "dataset file or directory") -> Path:
+    """``source`` as an existing Path, or an InputError (readers other than qm9 need --source)."""
+    if source is None:
+        raise InputError(f"--source is required (the downloaded {what})", field="source")
+    p = Path(source)
+    if not p.exists():
+        raise InputError("does not exist", path=p)
+    return p
+
+
+# ------------------------------------------------------------------------------------------- HDF5
+
+
+def open_hdf5(path: str | Path):
+    """Open ``path`` read-only with h5py; a truncated or non-HDF5 file is a one-line InputError."""
+    import h5py
+
+    try:
+        return h5py.File(path, "r")
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot open as HDF5 (truncated or not an HDF5 file: {one_line(exc)})", path=path) from None
+
+
+def h5_dataset(group, key: str, path, *, kind: str = "f", ndim: int | None = None,
+               shape: Sequence[int | None] | None = None, required: bool = True) -> np.ndarray | None:
+    """Read ``group[key]`` fully as an array, checking it exists and its dtype kind and shape.
+
+    ``kind``: "f" (float; integer also accepted), "i" (integer), "any". ``shape`` entries of None
+    match any length. Missing keys give None when ``required`` is False.
+    """
+    import h5py
+
+    field = f"{group.name.rstrip('/')}/{key}".lstrip("/")
+    try:
+        obj = group.get(key)
+    except (OSError, KeyError, RuntimeError, ValueError) as exc:  # dangling links, damaged headers
+        raise InputError(f"cannot resolve ({one_line(exc)})", path=path, field=field) from None
+    if obj is None:
+        if not required:
+            return None
+        raise InputError("missing dataset", path=path, field=field)
+    if not isinstance(obj, h5py.Dataset):
+        raise InputError(f"expected a dataset, found a {type(obj).__name__}", path=path, field=field)
+    check_dtype(obj.dtype, kind, path, field)
+    if ndim is not None and len(obj.shape) != ndim:
+        raise InputError(f"expected {ndim} dimensions, got shape {obj.shape}", path=path, field=field)
+    if shape is not None:
+        if len(obj.shape) != len(shape) or any(s is not None and s != t for s, t in zip(shape, obj.shape)):
+            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+            raise InputError(f"expected shape {want}, got {obj.shape}", path=path, field=field)
+    try:
+        return obj[()]
+    except (OSError, RuntimeError, ValueError, TypeError) as exc:  # truncated data blocks, bad filters
+        raise InputError(f"cannot read ({one_line(exc)})", path=path, field=field) from None
+
+
+def h5_string(group, key: str, path, *, required: bool = False) -> str | None:
+    """A scalar or (1,) string dataset (SPICE ``subset``/``smiles``) decoded to str."""
+    import h5py
+
+    field = f"{group.name.rstrip('/')}/{key}".lstrip("/")
+    obj = group.get(key)
+    if obj is None:
+        if required:
+            raise InputError("missing dataset", path=path, field=field)
+        return None
+    if not isinstance(obj, h5py.Dataset):
+        raise InputError(f"expected a dataset, found a {type(obj).__name__}", path=path, field=field)
+    try:
+        v = obj[()]
+    except (OSError, RuntimeError, ValueError, TypeError) as exc:
+        raise InputError(f"cannot read ({one_line(exc)})", path=path, field=field) from None
+    if isinstance(v, np.ndarray):
+        if v.size != 1:
+            raise InputError(f"expected one string, got shape {v.shape}", path=path, field=field)
+        v = v.reshape(-1)[0]
+    if isinstance(v, (bytes, np.bytes_)):
+        return bytes(v).decode("utf-8", "replace")
+    if isinstance(v, str):
+        return v
+    raise InputError(f"expected a string, got {type(v).__name__}", path=path, field=field)
+
+
+# -------------------------------------------------------------------------------------------- npz
+
+
+def open_npz(path: str | Path):
+    """``np.load`` an .npz without unpickling; a truncated or non-zip file is a one-line InputError.
+
+    Object arrays (pickled metadata in old sGDML files) are never loaded: reading one raises,
+    which :func:`npz_array` reports, and the readers only read numeric keys.
+    """
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        raise InputError(f"cannot open as .npz (truncated or not a numpy archive: {one_line(exc)})", path=path) from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise InputError("is a single .npy array, expected an .npz archive", path=path)
+    return npz
+
+
+def npz_array(npz, key: str, path, *, kind: str = "f", ndim: int | Iterable[int] | None = None,
+              required: bool = True) -> np.ndarray | None:
+    """Read ``npz[key]``, checking it exists, its dtype kind and its number of dimensions."""
+    if key not in npz.files:
+        if not required:
+            return None
+        raise InputError(f"missing key (has: {', '.join(sorted(npz.files))})", path=path, field=key)
+    try:
+        a = npz[key]
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:  # truncated member, pickled object
+        raise InputError(f"cannot read ({one_line(exc)})", path=path, field=key) from None
+    check_dtype(a.dtype, kind, path, key)
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if a.ndim not in allowed:
+            raise InputError(f"expected {' or '.join(map(str, allowed))} dimensions, got shape {a.shape}", path=path, field=key)
+    return a
+
+
+def npz_string(npz, key: str) -> str | None:
+    """A string metadata entry of an sGDML npz (``name``, ``theory``, ``e_unit``), or None."""
+    if key not in npz.files:
+        return None
+    try:
+        a = npz[key]
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError):  # pickled object array: not loaded
+        return None
+    if a.dtype.kind in "SU" and a.size == 1:
+        v = a.reshape(-1)[0]
+        return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+    return None
+
+
+# --------------------------------------------------------------------------------------- checking
+
+
+def check_dtype(dtype, kind: str, path, field: str) -> None:
+    """Raise unless ``dtype`` is numeric of ``kind`` ("f": float or int, "i": int, "any")."""
+    dt = np.dtype(dtype)
+    if kind == "any":
+        return
+    ok = dt.kind in "iu" if kind == "i" else dt.kind in "fiu"
+    if not ok:
+        want = "integer" if kind == "i" else "numeric"
+        raise InputError(f"expected a {want} array, got dtype {dt}", path=path, field=field)
+
+
+def first_bad_row(a: np.ndarray) -> int | None:
+    """Index along axis 0 of the first row holding a non-finite value, or None."""
+    ok = np.isfinite(a).reshape(a.shape[0], -1).all(axis=1) if a.ndim > 1 else np.isfinite(a)
+    bad = np.flatnonzero(~ok)
+    return int(bad[0]) if bad.size else None
+
+
+def require_finite(a: np.ndarray, path, field: str, row: str = "row", offset: int = 0) -> None:
+    """Raise naming the first row of ``a`` (axis 0) with a NaN or infinity."""
+    i = first_bad_row(a)
+    if i is not None:
+        val = a[i].reshape(-1)
+        v = val[~np.isfinite(val)][0]
+        raise InputError(f"{row} {i + offset}: non-finite value ({v})", path=path, field=field)
+
+
+def check_atomic_numbers(z: np.ndarray, path, field: str) -> np.ndarray:
+    """A 1-D integer array of atomic numbers in 1..118 (as int64)."""
+    if z.ndim != 1 or z.size == 0:
+        raise InputError(f"expected a non-empty 1-D array, got shape {z.shape}", path=path, field=field)
+    if z.dtype.kind == "f":
+        if not np.all(np.isfinite(z)) or np.any(z != np.round(z)):
+            raise InputError("atomic numbers must be integers", path=path, field=field)
+    zi = z.astype(np.int64)
+    bad = np.flatnonzero((zi < 1) | (zi > 118))
+    if bad.size:
+        raise InputError(f"atom {int(bad[0])}: atomic number {int(zi[bad[0]])} outside 1..118", path=path, field=field)
+    return zi
+
+
+def check_shape(a: np.ndarray, shape: Sequence[int | None], path, field: str) -> None:
+    if a.ndim != len(shape) or any(s is not None and s != t for s, t in zip(shape, a.shape)):
+        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+        raise InputError(f"expected shape {want}, got {a.shape}", path=path, field=field)
+
+
+def hill_formula(numbers) -> str:
+    """Hill-order formula (C, H, then alphabetical; alphabetical without carbon), counts of 1 kept
+    implicit: [6, 1, 1, 1, 1] -> "CH4"."""
+    counts = np.bincount(np.asarray(numbers, dtype=np.int64), minlength=119)
+    syms = {_SYMBOLS[z]: int(c) for z, c in enumerate(counts) if c and z}
+    order = (["C", "H"] if "C" in syms else []) + sorted(s for s in syms if s not in ("C", "H") or "C" not in syms)
+    return "".join(s if syms[s] == 1 else f"{s}{syms[s]}" for s in order)
+
+
+# ----------------------------------------------------------------------------------------- splits
+
+
+def shuffled(n: int, seed: int) -> np.ndarray:
+    """``arange(n)`` shuffled in place by ``RandomState(seed)`` (JMP; equal to ``permutation(n)``)."""
+    idx = np.arange(n)
+    np.random.RandomState(seed).shuffle(idx)
+    return idx
+
+
+def sized_split(n: int, n_train: int, n_val: int, seed: int) -> dict[str, np.ndarray]:
+    """JMP's rMD17/MD22 rule: shuffle, first ``n_train`` train, next ``n_val`` val, rest test.
+
+    Indices are returned sorted within each split. Sizes are clipped to ``n`` for small sources.
+    """
+    perm = shuffled(n, seed)
+    n_train = min(n_train, n)
+    n_val = min(n_val, n - n_train)
+    return {
+        "train": np.sort(perm[:n_train]),
+        "val": np.sort(perm[n_train:n_train + n_val]),
+        "test": np.sort(perm[n_train + n_val:]),
+    }
+
+
+def fraction_split(n: int, seed: int, train: float = 0.8, test: float = 0.1) -> dict[str, np.ndarray]:
+    """JMP's SPICE rule: shuffle; int(n*train) train, then val = the remainder after int(n*test)
+    test, then test (so val takes the rounding slack)."""
+    perm = shuffled(n, seed)
+    n_train = int(n * train)
+    n_test = int(n * test)
+    n_val = n - n_train - n_test
+    return {
+        "train": np.sort(perm[:n_train]),
+        "val": np.sort(perm[n_train:n_train + n_val]),
+        "test": np.sort(perm[n_train + n_val:]),
+    }
+
+
+def greedy_group_split(sizes: Sequence[int], split_size: int, seed: int, names=("val", "test")) -> dict[str, np.ndarray]:
+    """JMP's ANI-1x rule over groups: shuffle the groups, take whole groups into ``names[0]`` until
+    it holds >= ``split_size`` frames (the group that crosses is included, and at least one group
+    is taken, as JMP's loop checks after adding), the same for ``names[1]`` from the remaining
+    groups, the rest is train. Returns sorted group indices per split."""
+    order = shuffled(len(sizes), seed)
+    out: dict[str, list[int]] = {name: [] for name in names}
+    pos = 0
+    for name in names:
+        count = 0
+        while pos < len(order):
+            out[name].append(int(order[pos]))
+            count += int(sizes[order[pos]])
+            pos += 1
+            if count >= split_size:
+                break
+    res = {name: np.sort(np.array(v, dtype=np.int64)) for name, v in out.items()}
+    res["train"] = np.sort(order[pos:].astype(np.int64))
+    return res
+
+
+# ------------------------------------------------------------------------------------------ write
+
+
+def add_frames(writer, numbers: np.ndarray, positions: np.ndarray, *, energy=None, forces=None, targets=None,
+               cls: str | None = None, sid=None, where: Callable[[int], str] | None = None) -> None:
+    """Add M frames of one molecule (``numbers`` (N,), ``positions`` (M, N, 3)) to ``writer``.
+
+    Uses the writer's vectorised ``add_many`` when it has one (same validation and messages as
+    ``add``), else one ``add`` per frame. ``energy`` (M,), ``forces`` (M, N, 3), ``targets`` (M, T),
+    ``sid`` an int or (M,) ints; ``where(i)`` names frame i in error messages.
+    """
+    m, n = positions.shape[0], positions.shape[1]
+    if m == 0:
+        return
+    sids = None if sid is None else np.broadcast_to(np.asarray(sid, dtype=np.int64), (m,))
+    if hasattr(writer, "add_many"):
+        writer.add_many(
+            np.tile(numbers, m), positions.reshape(m * n, 3), natoms=np.full(m, n, dtype=np.int64),
+            energy=energy, forces=None if forces is None else forces.reshape(m * n, 3),
+            targets=targets, cls=cls, sid=sids, where=where,
+        )
+        return
+    for i in range(m):
+        writer.add(numbers, positions[i], energy=None if energy is None else energy[i],
+                   forces=None if forces is None else forces[i], targets=None if targets is None else targets[i],
+                   cls=cls, sid=None if sids is None else int(sids[i]), where=None if where is None else where(i))
