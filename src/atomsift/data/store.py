@@ -174,6 +174,8 @@ class StoreWriter:
         self._elements = np.zeros(119, dtype=bool)
         self._buf: dict[str, list] = {}
         self._closed = False
+        # parents made here are removed again on abort: a failed write leaves no trace
+        self._made_parents = [p for p in self.out.parents if not p.exists()]
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.out.parent / f".{self.out.name}.tmp-{uuid.uuid4().hex[:8]}"
         self.tmp.mkdir()
@@ -269,6 +271,8 @@ class StoreWriter:
         tg = np.zeros(n, dtype=np.int8) if tags is None else np.asarray(tags)
         if tg.shape != (n,):
             raise bad("tags", f"expected shape ({n},), got {tg.shape}")
+        if n and (tg.min() < -128 or tg.max() > 127):
+            raise bad("tags", f"tag {int(tg.min() if tg.min() < -128 else tg.max())} outside -128..127")
         fx = np.zeros(n, dtype=bool) if fixed is None else np.asarray(fixed).astype(bool)
         if fx.shape != (n,):
             raise bad("fixed", f"expected shape ({n},), got {fx.shape}")
@@ -289,6 +293,125 @@ class StoreWriter:
         if len(b["numbers"]) >= self.chunk_size:
             self._flush()
         return i
+
+    def add_many(self, numbers, positions, *, natoms, cell=None, pbc=None, energy=None, forces=None, tags=None,
+                 fixed=None, targets=None, cls=None, sid=None, where=None) -> range:
+        """Validate and buffer M structures at once (the vectorised :meth:`add`); return their indices.
+
+        Per-atom arrays are concatenated over the M structures: ``numbers`` (A,), ``positions``,
+        ``forces`` (A, 3), ``tags``, ``fixed`` (A,), with ``natoms`` (M,) and A = natoms.sum().
+        Per-structure: ``energy`` (M,), ``targets`` (M, T), ``sid`` (M,), ``cell`` (M, 3, 3),
+        ``pbc`` (M, 3); ``cls`` one label for all or a sequence of M. ``where`` is a callable
+        ``i -> str`` (or a sequence) naming structure i of the block in errors. When anything is
+        unusual (invalid, or e.g. float atomic numbers) the block goes through :meth:`add` one
+        structure at a time, so the accepted input and the error messages are exactly those of add.
+        """
+        na = np.asarray(natoms, dtype=np.int64).reshape(-1)
+        m = int(na.size)
+        start = self._n
+        if m == 0:
+            return range(start, start)
+
+        def replay() -> range:  # the per-structure path: same checks, same messages
+            for k in range(m):
+                a, b = int(off[k]), int(off[k + 1])
+                self.add(
+                    z[a:b], pos[a:b],
+                    cell=None if cell is None else np.asarray(cell)[k], pbc=None if pbc is None else np.asarray(pbc)[k],
+                    energy=None if energy is None else np.asarray(energy).reshape(m, -1)[k],
+                    forces=None if forces is None else np.asarray(forces)[a:b],
+                    tags=None if tags is None else np.asarray(tags)[a:b],
+                    fixed=None if fixed is None else np.asarray(fixed)[a:b],
+                    targets=None if targets is None else np.asarray(targets).reshape(m, -1)[k],
+                    cls=cls if cls is None or isinstance(cls, str) else cls[k],
+                    sid=None if sid is None else int(np.asarray(sid).reshape(-1)[k]),
+                    where=None if where is None else (where(k) if callable(where) else where[k]),
+                )
+            return range(start, self._n)
+
+        off = np.concatenate([[0], np.cumsum(na)])
+        n_at = int(off[-1])
+        z = np.asarray(numbers)
+        pos = np.asarray(positions)
+        for name, arr in (("numbers", z), ("positions", pos), ("forces", forces), ("tags", tags), ("fixed", fixed)):
+            if arr is not None and (np.ndim(arr) == 0 or np.shape(arr)[0] != n_at):  # a caller's layout bug, not bad input
+                raise ValueError(f"add_many: {name} has {np.shape(arr)[:1]} rows, natoms sums to {n_at}")
+        if (na.min() < 1 or z.ndim != 1 or not np.issubdtype(z.dtype, np.integer)
+                or z.min() < 1 or z.max() > 118 or pos.shape != (n_at, 3)):
+            return replay()
+        pos = np.asarray(pos, dtype=np.float64)
+        vals = {"positions": pos}
+        if cell is not None:
+            vals["cell"] = np.asarray(cell, dtype=np.float64)
+            if vals["cell"].shape != (m, 3, 3):
+                return replay()
+        pbc_a = np.zeros((m, 3), dtype=bool) if pbc is None else np.asarray(pbc, dtype=bool)
+        if pbc_a.shape != (m, 3):
+            return replay()
+        if self.has_energy:
+            if energy is None:
+                return replay()
+            vals["energy"] = np.asarray(energy, dtype=np.float64).reshape(-1)
+            if vals["energy"].shape != (m,):
+                return replay()
+        if self.has_forces:
+            if forces is None:
+                return replay()
+            vals["forces"] = np.asarray(forces, dtype=np.float64)
+            if vals["forces"].shape != (n_at, 3):
+                return replay()
+        if self.target_names:
+            if targets is None:
+                return replay()
+            vals["targets"] = np.asarray(targets, dtype=np.float64).reshape(m, -1)
+            if vals["targets"].shape != (m, len(self.target_names)):
+                return replay()
+        if not all(np.isfinite(v).all() for v in vals.values()):
+            return replay()
+        cell_a = vals.get("cell", np.zeros((m, 3, 3)))
+        if pbc_a.any() and np.any(np.abs(np.linalg.det(cell_a[pbc_a.any(axis=1)])) < 1e-8):
+            return replay()
+        tg = np.zeros(n_at, dtype=np.int8) if tags is None else np.asarray(tags)
+        fx = np.zeros(n_at, dtype=bool) if fixed is None else np.asarray(fixed).astype(bool)
+        if tg.shape != (n_at,) or fx.shape != (n_at,):
+            return replay()
+        if cls is None:
+            ci = np.full(m, -1, dtype=np.int32)
+        elif isinstance(cls, str):
+            ci = np.full(m, self._classes.setdefault(cls, len(self._classes)), dtype=np.int32)
+        else:
+            ci = np.array([self._classes.setdefault(str(c), len(self._classes)) for c in cls], dtype=np.int32)
+            if ci.shape != (m,):
+                raise ValueError(f"add_many: cls has {ci.size} labels for {m} structures")
+        b = self._buf
+        if self.has_energy:
+            b["energy"].append(vals["energy"])
+        if self.has_forces:
+            b["forces"].append(vals["forces"])
+        if self.target_names:
+            b["targets"].append(vals["targets"])
+        if self.has_sid:
+            s = np.full(m, -1, dtype=np.int64) if sid is None else np.asarray(sid, dtype=np.int64).reshape(-1)
+            if s.shape != (m,):
+                raise ValueError(f"add_many: sid has {s.size} values for {m} structures")
+            b["sid"].append(s)
+        b["numbers"].append(z.astype(np.uint8))
+        b["positions"].append(pos)
+        b["cell"].append(cell_a)
+        b["pbc"].append(pbc_a)
+        b["tags"].append(tg.astype(np.int8))
+        b["fixed"].append(fx)
+        b["class_index"].append(ci)
+        self._elements[np.unique(z)] = True
+        self._offsets.append(self._n_atoms + off[1:])
+        self._n_atoms += n_at
+        self._n += m
+        # a block is one list entry in the buffers: count its structures towards the chunk size
+        self._many_pending = getattr(self, "_many_pending", 0) + m
+        if self._many_pending + len(b["numbers"]) >= self.chunk_size:
+            self._flush()
+            self._many_pending = 0
+        return range(start, self._n)
 
     def set_split(self, name: str, indices: Iterable[int]) -> None:
         """Record a split (structure indices); checked against the final count on close."""
@@ -356,6 +479,11 @@ class StoreWriter:
             except Exception:
                 pass
         shutil.rmtree(self.tmp, ignore_errors=True)
+        for p in self._made_parents:  # deepest first
+            try:
+                p.rmdir()
+            except OSError:
+                break
         self._closed = True
 
     def __enter__(self) -> "StoreWriter":
