@@ -373,7 +373,7 @@ class StoreWriter:
             return replay()
         tg = np.zeros(n_at, dtype=np.int8) if tags is None else np.asarray(tags)
         fx = np.zeros(n_at, dtype=bool) if fixed is None else np.asarray(fixed).astype(bool)
-        if tg.shape != (n_at,) or fx.shape != (n_at,):
+        if tg.shape != (n_at,) or fx.shape != (n_at,) or (n_at and (tg.min() < -128 or tg.max() > 127)):
             return replay()
         if cls is None:
             ci = np.full(m, -1, dtype=np.int32)
@@ -613,7 +613,8 @@ class Store:
             p = self.path / f"{name}.npy"
             if not p.exists():
                 raise InputError(f"store has no field '{name}'", path=self.path, field=name)
-            a = np.load(p, mmap_mode="r")
+            # a plain ndarray over the map: indexing an np.memmap costs ~3x more per call
+            a = np.load(p, mmap_mode="r").view(np.ndarray)
             self._arrays[name] = a
         return a
 
@@ -661,31 +662,44 @@ class Store:
         g = int(self.indices[i]) if self._indices is not None else (i % n)
         return self.record(g)
 
+    def _columns(self) -> tuple:
+        """The arrays :meth:`record` reads, looked up once (None for fields the store lacks)."""
+        cols = self._arrays.get("__record__")
+        if cols is None:
+            opt = lambda f: self.array(f) if f in self.fields else None  # noqa: E731
+            cols = (
+                np.asarray(self.array("offsets")), self.array("numbers"), self.array("positions"),
+                self.array("cell"), self.array("pbc"), self.array("tags"), self.array("fixed"),
+                opt("energy"), opt("forces"), self.array("targets") if self.target_names else None,
+                self.array("class_index"), opt("sid"),
+            )
+            self._arrays["__record__"] = cols
+        return cols
+
     def record(self, g: int) -> Record:
-        """The structure with global index ``g`` (ignores any subset)."""
-        off = self.offsets
-        a, b = int(off[g]), int(off[g + 1])
+        """The structure with global index ``g`` (ignores any subset); arrays are copies."""
+        off, numbers, positions, cell, pbc, tags, fixed, energy, forces, targets, class_index, sid = self._columns()
+        a, b = off[g:g + 2].tolist()
         rec = Record(
-            index=g,
-            numbers=np.array(self.array("numbers")[a:b], dtype=np.int64),
-            positions=np.array(self.array("positions")[a:b]),
-            cell=np.array(self.array("cell")[g]),
-            pbc=np.array(self.array("pbc")[g]),
-            tags=np.array(self.array("tags")[a:b], dtype=np.int64),
-            fixed=np.array(self.array("fixed")[a:b]),
+            g,
+            numbers[a:b].astype(np.int64),
+            positions[a:b].copy(),
+            cell[g].copy(),
+            pbc[g].copy(),
+            tags[a:b].astype(np.int64),
+            fixed[a:b].copy(),
         )
-        if "energy" in self.fields:
-            rec.energy = float(self.array("energy")[g])
-        if "forces" in self.fields:
-            rec.forces = np.array(self.array("forces")[a:b])
-        if self.target_names:
-            t = self.array("targets")[g]
-            rec.targets = {k: float(v) for k, v in zip(self.target_names, t)}
-        ci = int(self.array("class_index")[g])
+        if energy is not None:
+            rec.energy = float(energy[g])
+        if forces is not None:
+            rec.forces = forces[a:b].copy()
+        if targets is not None:
+            rec.targets = dict(zip(self.target_names, targets[g].tolist()))
+        ci = int(class_index[g])
         if ci >= 0 and self.classes:
             rec.cls = self.classes[ci]
-        if "sid" in self.fields:
-            rec.sid = int(self.array("sid")[g])
+        if sid is not None:
+            rec.sid = int(sid[g])
         return rec
 
     # -- subsets and splits
