@@ -1,7 +1,293 @@
-"""Verbs of atomsift.csi (filled in by its issue)."""
+"""Verbs of atomsift.csi: moments, csi, select, csi-table, csi-figure, coverage."""
 
 from __future__ import annotations
 
+import argparse
+import sys
+
 
 def register(sub) -> None:
-    """Add this package's verbs to the atomsift parser."""
+    p = sub.add_parser("moments", help="stream feature moments (count, mean, covariance) of a store sample",
+                       description="Run an extractor over a sample of a store and save the float64 moments of its "
+                                   "features (M.npz: n, mean, cov) with a JSON sidecar M.npz.json.")
+    p.add_argument("--store", required=True, help="store directory")
+    p.add_argument("--extractor", required=True, help="checkpoint path or random-<size>-<seed>")
+    p.add_argument("--sampling", choices=("balanced", "random"), default="balanced",
+                   help="balanced: the paper's class-balanced upstream sampler; random: a seeded random subset (default: balanced)")
+    p.add_argument("--n", type=int, default=10_000, help="structures to sample (default: 10000, as the paper)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--agg", choices=("flat", "mean", "sum", "max"), default="flat",
+                   help="flat: every atom one sample (the paper's main setting); mean/sum/max: one sample per structure")
+    p.add_argument("--split", default="train", help="split to sample from (default: train; the whole store if it has no splits)")
+    p.add_argument("--batch-size", type=int, default=32, help="structures per extractor call")
+    p.add_argument("--edge-dropout", type=float, default=0.0,
+                   help="drop this fraction of graph edges (the official upstream extraction used 0.1); default 0")
+    p.add_argument("--min-atoms", type=int, default=0,
+                   help="skip structures with fewer atoms before sampling (the official downstream extraction uses 4)")
+    p.add_argument("--out", required=True, help="moments file to write (.npz)")
+    p.add_argument("--json", action="store_true", help="print the sidecar as JSON")
+    p.set_defaults(func=_moments)
+
+    p = sub.add_parser("csi", help="CSI (Fréchet distance) between two moments files")
+    p.add_argument("a", help="moments file (.npz)")
+    p.add_argument("b", help="moments file (.npz)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_csi)
+
+    p = sub.add_parser("select", help="rank upstream datasets by CSI to your downstream data",
+                       description="Compute the moments of DATA (a store, or any file ase.io.read understands) with the "
+                                   "extractor recorded in the upstream moments' sidecars and rank the upstreams by CSI.")
+    p.add_argument("data", help="downstream store directory or ASE-readable file")
+    p.add_argument("--upstream", action="append", default=[], metavar="NAME=M.npz", help="candidate upstream moments (repeatable)")
+    p.add_argument("--upstream-dir", help="every *.npz with a sidecar in this directory is a candidate, named by its dataset")
+    p.add_argument("--extractor", help="extractor spec (default: the one recorded in the upstream sidecars; its sha256 must match)")
+    p.add_argument("--n", type=int, default=10_000, help="at most this many downstream structures (default 10000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="train", help="store split to use (default train)")
+    p.add_argument("--min-atoms", type=int, default=4, help="skip structures with fewer atoms (default 4, as the official code)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--dataset", help="dataset family whose graph settings the extractor uses for a file (default: none)")
+    p.add_argument("--save-moments", help="also save the downstream moments here (.npz)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_select)
+
+    p = sub.add_parser("csi-table", help="CSV of CSI for every (upstream, downstream) pair of moments files")
+    p.add_argument("--upstream", action="append", default=[], metavar="NAME=M.npz", required=True)
+    p.add_argument("--downstream", action="append", default=[], metavar="NAME=M.npz", required=True)
+    p.add_argument("--out", required=True, help="CSV: extractor, sampling, agg, upstream, downstream, csi, seed")
+    p.add_argument("--append", action="store_true", help="keep the rows already in --out (pairs recomputed here replace theirs)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_table)
+
+    p = sub.add_parser("csi-figure", help="render a CSI bar chart (Figs 3, 5-8) or the class-coverage chart (Fig 9)")
+    p.add_argument("--table", required=True, nargs="+", help="bars: a CSI table CSV; coverage: coverage JSON files or a CSV")
+    p.add_argument("--kind", choices=("bars", "coverage"), default="bars")
+    p.add_argument("--out", required=True, help="PNG file")
+    p.add_argument("--tasks", nargs="+", help="downstream tasks to show, in order (default: all)")
+    p.add_argument("--upstreams", nargs="+", help="upstreams to show, in order (default: all, paper order)")
+    p.add_argument("--extractor", help="only rows of this extractor")
+    p.add_argument("--sampling", help="only rows of this sampling")
+    p.add_argument("--agg", help="only rows of this aggregation")
+    p.add_argument("--log", action="store_true", help="logarithmic CSI axis")
+    p.add_argument("--title")
+    p.set_defaults(func=_figure)
+
+    p = sub.add_parser("coverage", help="classes covered by random vs class-balanced samples of a store (Fig 9)")
+    p.add_argument("--store", required=True)
+    p.add_argument("--n", type=int, default=10_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="train")
+    p.add_argument("--out", help="also write the JSON here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_coverage)
+
+
+def _positive(value: int, name: str) -> None:
+    from atomsift.errors import InputError
+
+    if value <= 0:
+        raise InputError(f"must be positive, got {value}", field=name)
+
+
+def _moments(args) -> int:
+    import time
+
+    from atomsift import __version__
+    from atomsift.cli import print_json
+    from atomsift.csi.moments import compute_moments, save_moments
+    from atomsift.csi.sampling import sample_store
+    from atomsift.data.store import Store
+
+    _positive(args.n, "--n")
+    _positive(args.batch_size, "--batch-size")
+    store = Store(args.store)
+    split = args.split if (store.split_names() or args.split != "train") else None
+    idx = sample_store(store, args.sampling, args.n, args.seed, split=split, min_atoms=args.min_atoms)
+    ex = load_extractor(args.extractor)
+    t0 = time.perf_counter()
+    m = compute_moments(store, ex, idx, agg=args.agg, batch_size=args.batch_size, edge_dropout=args.edge_dropout)
+    meta = {
+        "extractor": args.extractor,
+        "extractor_name": getattr(ex, "name", str(args.extractor)),
+        "extractor_sha256": getattr(ex, "sha256", None),
+        "dataset": store.dataset,
+        "store": str(store.path.resolve()),
+        "store_source_sha256": (store.manifest.get("source") or {}).get("sha256"),
+        "split": split,
+        "sampling": args.sampling,
+        "aggregation": args.agg,
+        "n_structures": int(idx.size),
+        "n_requested": int(args.n),
+        "n_unique_structures": int(len(set(idx.tolist()))),
+        "n": int(m.n),
+        "seed": int(args.seed),
+        "min_atoms": int(args.min_atoms),
+        "edge_dropout": float(args.edge_dropout),
+        "dim": m.dim,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "atomsift_version": __version__,
+    }
+    save_moments(args.out, m, meta)
+    if args.json:
+        print_json(meta)
+    else:
+        print(f"moments of {m.n} {args.agg} samples (d={m.dim}) from {idx.size} {store.dataset} structures -> {args.out}")
+    return 0
+
+
+def load_extractor(spec: str):
+    """``atomsift.models.load_extractor(spec)``, with a one-line error when it is unavailable."""
+    from atomsift.errors import InputError
+
+    try:
+        from atomsift.models import load_extractor as _load
+    except ImportError:
+        raise InputError("no extractor backend: atomsift.models.load_extractor is not available in this build", field="extractor") from None
+    return _load(spec)
+
+
+def _csi(args) -> int:
+    from atomsift.cli import print_json
+    from atomsift.csi.select import Candidate, csi
+    from atomsift.csi.moments import load_moments
+
+    a = Candidate(args.a, *_pair(args.a, load_moments))
+    b = Candidate(args.b, *_pair(args.b, load_moments))
+    value = csi(a, b)
+    if args.json:
+        print_json({"csi": value})
+    else:
+        print(f"{value:.10g}")
+    return 0
+
+
+def _pair(path, loader):
+    from pathlib import Path
+
+    m, meta = loader(path)
+    return Path(path), m, meta
+
+
+def _select(args) -> int:
+    from atomsift.cli import print_json
+    from atomsift.csi.moments import accumulate_batches, save_moments
+    from atomsift.csi.select import check_compatible, load_candidates, parse_named, rank, read_data, recommendation
+    from atomsift.errors import InputError
+
+    _positive(args.n, "--n")
+    _positive(args.batch_size, "--batch-size")
+    cands = load_candidates(parse_named(args.upstream), args.upstream_dir)
+    if not cands:
+        raise InputError("no upstream candidates: give --upstream NAME=M.npz or --upstream-dir DIR", field="upstream")
+    check_compatible(cands)
+    meta0 = cands[0].meta
+    spec = args.extractor or meta0.get("extractor")
+    if not spec:
+        raise InputError("the upstream sidecar records no extractor; pass --extractor", path=cands[0].path, field="extractor")
+    agg = meta0.get("aggregation", "flat")
+    ex = load_extractor(spec)
+    sha = getattr(ex, "sha256", None)
+    for c in cands:
+        if c.sha256 and sha and c.sha256 != sha:
+            raise InputError(f"extractor {spec} has sha256 {sha[:12]}, but these moments were computed with "
+                             f"{c.meta.get('extractor')} (sha256 {c.sha256[:12]})", path=c.path, field="extractor_sha256")
+    name, family, batches, n_struct = read_data(args.data, args.n, args.seed, split=args.split, min_atoms=args.min_atoms)
+    family = args.dataset or family
+
+    def tagged(bs):
+        for b in batches(bs):
+            if family is not None:
+                b.dataset = family
+            yield b
+
+    m = accumulate_batches(tagged(args.batch_size), ex, agg)
+    if m.dim != cands[0].moments.dim:
+        raise InputError(f"extractor {spec} gives {m.dim}-D features, the upstream moments are {cands[0].moments.dim}-D",
+                         path=cands[0].path, field="mean")
+    if args.save_moments:
+        save_moments(args.save_moments, m, {
+            "extractor": spec, "extractor_name": getattr(ex, "name", spec), "extractor_sha256": sha,
+            "dataset": name, "data": str(args.data), "sampling": "random", "aggregation": agg,
+            "n_structures": n_struct, "n": int(m.n), "seed": int(args.seed), "min_atoms": int(args.min_atoms),
+        })
+    ranking = rank(m, cands)
+    result = {
+        "downstream": name,
+        "n_structures": n_struct,
+        "extractor": spec,
+        "aggregation": agg,
+        "ranking": ranking,
+        "recommendation": recommendation(name, ranking),
+    }
+    if args.json:
+        print_json(result)
+    else:
+        for r in ranking:
+            print(f"{r['upstream']:<20} {r['csi']:.6g}")
+        print(result["recommendation"])
+    return 0
+
+
+def _table(args) -> int:
+    from atomsift.cli import print_json
+    from atomsift.csi.select import load_candidates, parse_named, read_table, table_rows, write_csv
+
+    ups = load_candidates(parse_named(args.upstream, "--upstream"))
+    downs = load_candidates(parse_named(args.downstream, "--downstream"))
+    rows = table_rows(ups, downs)
+    if args.append:
+        from pathlib import Path
+
+        if Path(args.out).exists():
+            key = lambda r: (str(r.get("extractor")), str(r.get("sampling")), str(r.get("agg")), r["upstream"], r["downstream"], str(r.get("seed")))
+            new = {key(r) for r in rows}
+            rows = [r for r in read_table(args.out) if key(r) not in new] + rows
+    write_csv(args.out, rows)
+    if args.json:
+        print_json(rows)
+    else:
+        print(f"{len(rows)} CSI rows -> {args.out}")
+    return 0
+
+
+def _figure(args) -> int:
+    from atomsift.csi import figures
+
+    if args.kind == "coverage":
+        figures.coverage_bars(figures.read_coverage(args.table), args.out, title=args.title)
+    else:
+        from atomsift.csi.select import read_table
+
+        rows = []
+        for t in args.table:
+            rows += read_table(t)
+        rows = figures.filter_rows(rows, extractor=args.extractor, sampling=args.sampling, agg=args.agg)
+        figures.csi_bars(rows, args.out, tasks=args.tasks, upstreams=args.upstreams, title=args.title, log=args.log)
+    print(args.out)
+    return 0
+
+
+def _coverage(args) -> int:
+    import json
+    import os
+    from pathlib import Path
+
+    from atomsift.cli import print_json
+    from atomsift.csi.sampling import store_coverage
+    from atomsift.data.store import Store
+
+    _positive(args.n, "--n")
+    store = Store(args.store)
+    split = args.split if (store.split_names() or args.split != "train") else None
+    res = store_coverage(store, args.n, args.seed, split=split)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(res, indent=2) + "\n")
+        os.replace(tmp, out)
+    if args.json:
+        print_json(res)
+    else:
+        print(f"{res['dataset']}: {res['total_classes']} classes; random {args.n} covers {res['random']}, balanced covers {res['balanced']}")
+    return 0

@@ -1,0 +1,191 @@
+"""The paper's CSI figures as PNG files (matplotlib, Agg backend).
+
+* :func:`csi_bars` — grouped bars, x = downstream task, one bar per upstream dataset, height = mean
+  CSI over the table's rows for that pair (min-max whiskers when there are several, e.g. seeds).
+  Figures 3 (ID tasks), 5 (OOD tasks), 6 (mean aggregation), 7 (random upstream sampling) and 8
+  (another extractor) are this layout on different tables or filters.
+* :func:`coverage_bars` — classes covered by a random and by a class-balanced sample per upstream,
+  with the total number of classes as a dashed line (Figure 9).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from atomsift.errors import InputError
+
+# Display names and the paper's order (upstream bars: ANI-1x, Transition-1x, OC20, OC22).
+LABELS = {
+    "ani1x": "ANI-1x", "transition1x": "Transition-1x", "t1x": "Transition-1x", "oc20": "OC20", "oc22": "OC22",
+    "rmd17": "rMD17", "md22": "MD22", "spice": "SPICE", "qm9": "QM9", "qmof": "QMOF", "matbench": "MatBench",
+    "matbench_fold0": "MatBench", "omat24": "OMat24",
+}
+PAPER_ORDER = ["ani1x", "ani-like", "ani1x-like", "transition1x", "t1x", "t1x-like", "transition1x-like",
+               "oc20", "oc20-like", "oc22", "oc22-like",
+               "rmd17", "md22", "spice", "qm9", "qmof", "matbench", "matbench_fold0", "omat24"]
+COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
+
+
+def label(name: str) -> str:
+    return LABELS.get(name.lower(), name)
+
+
+def _order(names) -> list[str]:
+    """Names in the paper's order where known, then in order of first appearance."""
+    uniq = list(OrderedDict.fromkeys(names))
+    rank = {n: i for i, n in enumerate(PAPER_ORDER)}
+    known = sorted([n for n in uniq if n.lower() in rank], key=lambda n: rank[n.lower()])
+    return known + [n for n in uniq if n.lower() not in rank]
+
+
+def _savefig(fig, out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp-{uuid.uuid4().hex[:8]}{out.suffix or '.png'}")
+    try:
+        fig.savefig(tmp, dpi=150, bbox_inches="tight")
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def filter_rows(rows: list[dict], **equal) -> list[dict]:
+    """Rows whose columns equal the given values (None = no filter); InputError when none remain."""
+    out = rows
+    for col, val in equal.items():
+        if val is None:
+            continue
+        out = [r for r in out if str(r.get(col, "")) == str(val)]
+        if not out:
+            have = sorted({str(r.get(col, "")) for r in rows})
+            raise InputError(f"no row with {col} = {val!r} (table has: {', '.join(have)})", field=col)
+    return out
+
+
+def csi_bars(rows: list[dict], out: str | Path, *, tasks: list[str] | None = None, upstreams: list[str] | None = None,
+             title: str | None = None, log: bool = False) -> Path:
+    """Grouped CSI bars: one group per downstream task, one bar per upstream dataset."""
+    if tasks:
+        missing = [t for t in tasks if t not in {r["downstream"] for r in rows}]
+        if missing:
+            raise InputError(f"no CSI rows for task(s) {', '.join(missing)}", field="downstream")
+        rows = [r for r in rows if r["downstream"] in tasks]
+    tasks = list(tasks) if tasks else _order(r["downstream"] for r in rows)
+    ups = list(upstreams) if upstreams else _order(r["upstream"] for r in rows)
+    vals: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        vals.setdefault((r["upstream"], r["downstream"]), []).append(float(r["csi"]))
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(tasks) * max(len(ups), 2) / 3 + 1.5), 3.6))
+    width = 0.8 / max(len(ups), 1)
+    x = np.arange(len(tasks))
+    for j, u in enumerate(ups):
+        h, lo, hi = [], [], []
+        for t in tasks:
+            v = vals.get((u, t))
+            h.append(np.mean(v) if v else np.nan)
+            lo.append(np.mean(v) - np.min(v) if v else 0.0)
+            hi.append(np.max(v) - np.mean(v) if v else 0.0)
+        pos = x - 0.4 + width * (j + 0.5)
+        multi = any(len(vals.get((u, t), [])) > 1 for t in tasks)
+        ax.bar(pos, h, width * 0.92, label=label(u), color=COLORS[j % len(COLORS)],
+               yerr=[lo, hi] if multi else None, capsize=2 if multi else 0, edgecolor="black", linewidth=0.4)
+    ax.set_xticks(x, [label(t) for t in tasks])
+    ax.set_ylabel("CSI (lower = more similar)")
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("downstream task")
+    ax.legend(title="upstream", frameon=False, fontsize=8, title_fontsize=8, ncol=min(len(ups), 4),
+              loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    if title:
+        ax.set_title(title)
+    try:
+        return _savefig(fig, out)
+    finally:
+        plt.close(fig)
+
+
+def read_coverage(paths) -> list[dict]:
+    """Coverage rows (dataset, total_classes, random, balanced) from ``atomsift coverage --json``
+    files, a JSON list of such objects, or a CSV with those columns."""
+    import csv
+
+    rows = []
+    for path in paths:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError("coverage file does not exist", path=p)
+        if p.suffix.lower() == ".csv":
+            with open(p, newline="") as fh:
+                items = list(csv.DictReader(fh))
+        else:
+            try:
+                obj = json.loads(p.read_text())
+            except json.JSONDecodeError as exc:
+                raise InputError(f"not valid JSON ({exc.msg} at line {exc.lineno})", path=p) from None
+            items = obj if isinstance(obj, list) else [obj]
+        for i, it in enumerate(items):
+            row = {}
+            for k in ("dataset", "total_classes", "random", "balanced"):
+                if not isinstance(it, dict) or k not in it:
+                    raise InputError(f"entry {i}: missing", path=p, field=k)
+                if k == "dataset":
+                    row[k] = str(it[k])
+                    continue
+                try:
+                    row[k] = int(it[k])
+                except (TypeError, ValueError):
+                    raise InputError(f"entry {i}: not an integer: {it[k]!r}", path=p, field=k) from None
+            rows.append(row)
+    if not rows:
+        raise InputError("no coverage entries", field="table")
+    return rows
+
+
+def coverage_bars(rows: list[dict], out: str | Path, *, title: str | None = None) -> Path:
+    """Figure 9: classes covered by random vs class-balanced samples; dashed line = all classes."""
+    names = _order(r["dataset"] for r in rows)
+    by = {r["dataset"]: r for r in rows}
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.5 * len(names) + 1.0), 3.6))
+    x = np.arange(len(names))
+    w = 0.38
+    for k, (key, color, lab) in enumerate((("random", COLORS[0], "random"), ("balanced", COLORS[1], "class-balanced"))):
+        v = [by[n][key] for n in names]
+        bars = ax.bar(x + (k - 0.5) * w, v, w * 0.95, color=color, label=lab, edgecolor="black", linewidth=0.4)
+        ax.bar_label(bars, labels=[f"{int(b):,}" for b in v], fontsize=7, padding=1)
+    for i, n in enumerate(names):
+        ax.hlines(by[n]["total_classes"], i - w - 0.05, i + w + 0.05, colors="black", linestyles="dashed", linewidth=1,
+                  label="total classes" if i == 0 else None)
+    ax.set_xticks(x, [label(n) for n in names])
+    ax.set_ylabel("unique classes covered")
+    ax.set_yscale("log")
+    ax.set_ylim(top=max(r["total_classes"] for r in rows) * 2.5)
+    ax.legend(frameon=False, fontsize=8, loc="upper left")
+    ax.spines[["top", "right"]].set_visible(False)
+    if title:
+        ax.set_title(title)
+    try:
+        return _savefig(fig, out)
+    finally:
+        plt.close(fig)

@@ -1,0 +1,227 @@
+"""Dataset selection: rank candidate upstream datasets by CSI to a downstream task, and the CSI table.
+
+Upstream moments are computed once (``atomsift moments``) and reused for every downstream task;
+each (upstream, downstream) value is then one Fréchet distance between two small files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from atomsift.csi.frechet import frechet_distance
+from atomsift.csi.moments import Moments, load_moments, load_sidecar, sidecar_path
+from atomsift.errors import InputError
+
+TABLE_COLUMNS = ("extractor", "sampling", "agg", "upstream", "downstream", "csi", "seed")
+
+
+@dataclass
+class Candidate:
+    """One moments file and what its sidecar says about it."""
+
+    name: str
+    path: Path
+    moments: Moments
+    meta: dict
+
+    @property
+    def sha256(self) -> str | None:
+        return self.meta.get("extractor_sha256")
+
+
+def parse_named(items, what: str = "--upstream") -> list[tuple[str, Path]]:
+    """``NAME=FILE`` strings -> (name, path); a bare FILE is named by its sidecar's dataset."""
+    out = []
+    for item in items or []:
+        if "=" in item:
+            name, path = item.split("=", 1)
+            if not name:
+                raise InputError(f"empty name in '{item}' (expected NAME=FILE)", field=what)
+        else:
+            path = item
+            name = load_sidecar(path).get("dataset") or Path(path).stem
+        out.append((name, Path(path)))
+    return out
+
+
+def load_candidates(named: list[tuple[str, Path]], upstream_dir: str | Path | None = None) -> list[Candidate]:
+    """Load named moments files plus every ``*.npz`` with a sidecar in ``upstream_dir``."""
+    pairs = list(named)
+    if upstream_dir is not None:
+        d = Path(upstream_dir)
+        if not d.is_dir():
+            raise InputError("upstream directory does not exist", path=d)
+        for p in sorted(d.glob("*.npz")):
+            if sidecar_path(p).exists():
+                meta = load_sidecar(p)
+                pairs.append((str(meta.get("dataset") or p.stem), p))
+    seen: dict[str, Path] = {}
+    cands = []
+    for name, path in pairs:
+        if name in seen:
+            raise InputError(f"two upstream moments files are named '{name}' ({seen[name]} and {path}); name them NAME=FILE", path=path)
+        seen[name] = path
+        m, meta = load_moments(path)
+        cands.append(Candidate(name, path, m, meta))
+    return cands
+
+
+def check_compatible(cands: list[Candidate], what: str = "upstream") -> None:
+    """All moments must come from one extractor (sha256), one aggregation and one dimension."""
+    if not cands:
+        return
+    ref = cands[0]
+    for c in cands[1:]:
+        if c.moments.dim != ref.moments.dim:
+            raise InputError(f"feature dimension {c.moments.dim} differs from {ref.path} ({ref.moments.dim})", path=c.path, field="mean")
+        if ref.sha256 and c.sha256 and c.sha256 != ref.sha256:
+            raise InputError(
+                f"extractor {c.meta.get('extractor')} (sha256 {c.sha256[:12]}) differs from that of {ref.path} "
+                f"({ref.meta.get('extractor')}, sha256 {ref.sha256[:12]}); CSI compares features of one extractor",
+                path=sidecar_path(c.path), field="extractor_sha256",
+            )
+        a, b = c.meta.get("aggregation"), ref.meta.get("aggregation")
+        if a and b and a != b:
+            raise InputError(f"aggregation '{a}' differs from '{b}' of {ref.path}", path=sidecar_path(c.path), field="aggregation")
+
+
+def csi(a: Candidate, b: Candidate) -> float:
+    check_compatible([a, b])
+    return frechet_distance(a.moments.mean, a.moments.cov, b.moments.mean, b.moments.cov)
+
+
+def rank(downstream: Moments, cands: list[Candidate]) -> list[dict]:
+    """Upstreams by ascending CSI to ``downstream``."""
+    rows = []
+    for c in cands:
+        if c.moments.dim != downstream.dim:
+            raise InputError(f"feature dimension {c.moments.dim} differs from the downstream's {downstream.dim}", path=c.path, field="mean")
+        rows.append({"upstream": c.name, "csi": frechet_distance(c.moments.mean, c.moments.cov, downstream.mean, downstream.cov)})
+    return sorted(rows, key=lambda r: r["csi"])
+
+
+def recommendation(downstream: str, ranking: list[dict]) -> str:
+    best = ranking[0]
+    if len(ranking) == 1:
+        return f"pretrain on {best['upstream']} (CSI {best['csi']:.4g} to {downstream}; the only candidate)"
+    second = ranking[1]
+    return (f"pretrain on {best['upstream']}: lowest CSI to {downstream} ({best['csi']:.4g}; "
+            f"next {second['upstream']} {second['csi']:.4g})")
+
+
+# ----------------------------------------------------------------------------------- downstream data
+
+
+def read_data(data: str | Path, n: int, seed: int, *, split: str = "train", min_atoms: int = 4):
+    """A downstream sample: (name, dataset family or None, iterator factory of AtomsBatch, n_structures).
+
+    ``data`` is a store directory (its ``split``, else all structures) or any file ``ase.io.read``
+    understands (all frames). At most ``n`` structures with at least ``min_atoms`` atoms are taken
+    as a seeded random subset.
+    """
+    from atomsift.csi.sampling import random_sample
+
+    p = Path(data)
+    if not p.exists():
+        raise InputError("downstream data does not exist", path=p)
+    if p.is_dir():
+        from atomsift.csi.moments import store_batches
+        from atomsift.csi.sampling import sample_store
+        from atomsift.data.store import Store
+
+        store = Store(p)
+        sp = split if store.split_names() else None
+        idx = sample_store(store, "random", n, seed, split=sp, min_atoms=min_atoms)
+        return store.dataset, store.dataset, (lambda bs: store_batches(store, idx, bs)), int(idx.size)
+    try:
+        from ase.io import read
+
+        frames = read(str(p), index=":")
+    except Exception as exc:
+        raise InputError(f"ASE cannot read this file ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})", path=p) from None
+    if not isinstance(frames, list):
+        frames = [frames]
+    keep = [i for i, a in enumerate(frames) if len(a) >= min_atoms]
+    if not keep:
+        raise InputError(f"no structure with at least {min_atoms} atoms", path=p)
+    sel = [frames[keep[i]] for i in random_sample(len(keep), n, seed)]
+
+    def batches(bs: int):
+        from atomsift.data.batch import from_atoms
+
+        for s in range(0, len(sel), bs):
+            yield from_atoms(sel[s:s + bs])
+
+    return p.stem, None, batches, len(sel)
+
+
+# ----------------------------------------------------------------------------------------- the table
+
+
+def table_rows(upstreams: list[Candidate], downstreams: list[Candidate]) -> list[dict]:
+    """One row per (upstream, downstream) pair, with the extractor, sampling and aggregation."""
+    check_compatible(upstreams + downstreams)
+    rows = []
+    for d in downstreams:
+        for u in upstreams:
+            rows.append({
+                "extractor": u.meta.get("extractor_name") or u.meta.get("extractor") or "",
+                "sampling": u.meta.get("sampling", ""),
+                "agg": u.meta.get("aggregation", ""),
+                "upstream": u.name,
+                "downstream": d.name,
+                "csi": frechet_distance(u.moments.mean, u.moments.cov, d.moments.mean, d.moments.cov),
+                "seed": u.meta.get("seed", ""),
+            })
+    return rows
+
+
+def write_csv(path: str | Path, rows: list[dict], columns=TABLE_COLUMNS) -> Path:
+    """Write rows atomically (temporary sibling, then ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.write_text(buf.getvalue())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_table(path: str | Path) -> list[dict]:
+    """Read a CSI table; ``csi`` as float. Raises InputError naming the file and column."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("CSI table does not exist", path=p)
+    with open(p, newline="") as fh:
+        reader = csv.DictReader(fh)
+        cols = reader.fieldnames or []
+        for c in ("upstream", "downstream", "csi"):
+            if c not in cols:
+                raise InputError(f"missing column (has: {', '.join(cols) or 'none'})", path=p, field=c)
+        rows = []
+        for i, r in enumerate(reader, start=2):
+            try:
+                r["csi"] = float(r["csi"])
+            except (TypeError, ValueError):
+                raise InputError(f"line {i}: not a number: {r['csi']!r}", path=p, field="csi") from None
+            if not np.isfinite(r["csi"]):
+                raise InputError(f"line {i}: non-finite value", path=p, field="csi")
+            rows.append(r)
+    if not rows:
+        raise InputError("CSI table has no rows", path=p)
+    return rows
