@@ -68,7 +68,9 @@ def jmp_split(n: int, seed: int = SPLIT_SEED, n_val: int = N_VAL, n_test: int = 
 def _hill(numbers: np.ndarray) -> str:
     counts = np.bincount(numbers, minlength=10)
     parts = []
-    for sym, z in (("C", 6), ("H", 1), ("N", 7), ("O", 8), ("F", 9)):
+    # Hill order: C, H, then alphabetical; without carbon everything alphabetical
+    order = (("C", 6), ("H", 1), ("F", 9), ("N", 7), ("O", 8)) if counts[6] else (("F", 9), ("H", 1), ("N", 7), ("O", 8))
+    for sym, z in order:
         c = int(counts[z])
         if c:
             parts.append(sym if c == 1 else f"{sym}{c}")
