@@ -49,6 +49,22 @@ def source_path(source, *, what: str = "dataset file or directory") -> Path:
     return p
 
 
+def find_file(source: Path, names: Sequence[str], patterns: Sequence[str], *, what: str) -> Path:
+    """``source`` itself when a file; in a directory, the first of ``names`` present, else the one
+    file matching ``patterns`` (an InputError when none or several match)."""
+    if source.is_file():
+        return source
+    for name in names:
+        if (source / name).is_file():
+            return source / name
+    found = sorted({p for pat in patterns for p in source.glob(pat) if p.is_file()})
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise InputError(f"no {what} in directory (looked for {', '.join([*names, *patterns])})", path=source)
+    raise InputError(f"several candidate {what}s in directory ({', '.join(p.name for p in found[:5])}); pass the file", path=source)
+
+
 # ------------------------------------------------------------------------------------------- HDF5
 
 
@@ -223,6 +239,15 @@ def check_shape(a: np.ndarray, shape: Sequence[int | None], path, field: str) ->
         raise InputError(f"expected shape {want}, got {a.shape}", path=path, field=field)
 
 
+def column(a: np.ndarray, m: int, path, field: str) -> np.ndarray:
+    """``a`` shaped (m,) or (m, 1) (sGDML stores ``E`` as a column) as an (m,) array."""
+    if a.ndim == 2 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.shape != (m,):
+        raise InputError(f"expected shape ({m},) or ({m}, 1), got {a.shape}", path=path, field=field)
+    return a
+
+
 def hill_formula(numbers) -> str:
     """Hill-order formula (C, H, then alphabetical; alphabetical without carbon), counts of 1 kept
     implicit: [6, 1, 1, 1, 1] -> "CH4"."""
@@ -318,3 +343,18 @@ def add_frames(writer, numbers: np.ndarray, positions: np.ndarray, *, energy=Non
         writer.add(numbers, positions[i], energy=None if energy is None else energy[i],
                    forces=None if forces is None else forces[i], targets=None if targets is None else targets[i],
                    cls=cls, sid=None if sids is None else int(sids[i]), where=None if where is None else where(i))
+
+
+def train_size_split(n: int, train_total: int, seed: int, val_fraction: float = 0.05) -> tuple[dict[str, np.ndarray], str]:
+    """JMP's rMD17/MD22 split: of ``train_total`` shuffled frames, int(val_fraction x train_total)
+    are val and the others train; all remaining frames are test (RandomState(seed) shuffle).
+
+    A source with no more than ``train_total`` frames (a test fixture, a --limit run) cannot be
+    split that way; it gets train_total = int(0.8 n) instead, and the returned note says so.
+    """
+    note = f"JMP: RandomState({seed}) shuffle, {train_total} train+val ({int(train_total * val_fraction)} val), rest test"
+    if n <= train_total:
+        train_total = int(0.8 * n)
+        note = f"source has only {n} frames: train+val = int(0.8 n) = {train_total}, val = int({val_fraction} x that), rest test"
+    n_val = int(train_total * val_fraction)
+    return sized_split(n, train_total - n_val, n_val, seed), note
