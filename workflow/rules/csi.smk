@@ -1,0 +1,89 @@
+# CSI: feature moments per (extractor, dataset, sampling, aggregation), Frechet distances
+# between upstream and downstream moments, the CSI bar charts (Figs. 3, 5-8) and class
+# coverage (Fig. 9).
+
+
+rule moments:
+    input:
+        store=lambda w: G.store_dir(w.dataset),
+        extractor=extractor_checkpoint,
+    output:
+        G.moments_file("{extractor}", "{dataset}", "{sampling}", "{agg}"),
+    params:
+        spec=lambda w: G.extractor_spec(config, w.extractor),
+        n=config["csi"]["n"],
+        seed=config["csi"].get("seed", 0),
+    log:
+        f"{LOGS}/moments/{{extractor}}/{{dataset}}/{{sampling}}-{{agg}}.log",
+    benchmark:
+        f"{BENCH}/moments/{{extractor}}/{{dataset}}/{{sampling}}-{{agg}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        ENV
+    shell:
+        "OMP_NUM_THREADS={threads} atomsift moments --store {input.store} --extractor {params.spec} "
+        "--sampling {wildcards.sampling} --n {params.n} --seed {params.seed} --agg {wildcards.agg} "
+        "--out {output} > {log} 2>&1"
+
+
+rule csi_part:
+    input:
+        csi_part_inputs,
+    output:
+        G.csi_part("{extractor}", "{sampling}", "{agg}", "{kind}"),
+    params:
+        pairs=csi_part_args,
+    log:
+        f"{LOGS}/csi_part/{{extractor}}/{{sampling}}-{{agg}}-{{kind}}.log",
+    conda:
+        ENV
+    shell:
+        "atomsift csi-table {params.pairs} --out {output} > {log} 2>&1"
+
+
+rule csi_table:
+    input:
+        csi_parts_of,
+    output:
+        G.csi_table("{extractor}"),
+    log:
+        f"{LOGS}/csi_table/{{extractor}}.log",
+    conda:
+        ENV
+    shell:
+        "atomsift table --merge-csi {input} --out {output} > {log} 2>&1"
+
+
+rule csi_figure:
+    input:
+        csi_figure_part,
+    output:
+        f"{G.RESULTS}/figures/{{fig}}.png",
+    wildcard_constraints:
+        fig=alternatives(config.get("csi_figures", {})),
+    log:
+        f"{LOGS}/csi_figure/{{fig}}.log",
+    conda:
+        ENV
+    shell:
+        "atomsift csi-figure --table {input} --kind bars --out {output} > {log} 2>&1"
+
+
+rule coverage:
+    input:
+        lambda w: G.store_dir(w.dataset),
+    output:
+        G.coverage_file("{dataset}"),
+    params:
+        n=config["csi"].get("coverage_n", 0),
+        seed=config["csi"].get("seed", 0),
+    log:
+        f"{LOGS}/coverage/{{dataset}}.log",
+    conda:
+        ENV
+    shell:
+        "atomsift coverage --store {input} --n {params.n} --seed {params.seed} --json "
+        "> {output}.tmp 2> {log} && mv {output}.tmp {output}"
