@@ -1,0 +1,263 @@
+"""Streaming moments, moments files, and the CSI verbs end to end (with a tiny fake extractor)."""
+
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from atomsift.cli import main
+from atomsift.csi.moments import Accumulator, Moments, compute_moments, load_moments, save_moments, store_batches
+from atomsift.csi.frechet import frechet_distance
+from atomsift.errors import InputError
+
+
+class FakeExtractor:
+    """Per-atom features: a fixed random embedding of Z plus the distance to the structure's centroid."""
+
+    name = "fake-8"
+    dim = 8
+
+    def __init__(self, seed=0, sha="f" * 64):
+        g = np.random.RandomState(seed)
+        self.emb = torch.as_tensor(g.normal(size=(119, self.dim)))
+        self.v = torch.as_tensor(g.normal(size=self.dim))
+        self.sha256 = sha
+        self.seen_datasets = set()
+
+    def __call__(self, batch):
+        self.seen_datasets.add(batch.dataset)
+        pos = batch.pos.double()
+        cnt = torch.bincount(batch.batch, minlength=batch.num_graphs).double()
+        cen = torch.zeros(batch.num_graphs, 3, dtype=torch.float64).index_add_(0, batch.batch, pos) / cnt[:, None]
+        r = (pos - cen[batch.batch]).norm(dim=1)
+        return (self.emb[batch.numbers] + r[:, None] * self.v).float()
+
+
+def _features_by_structure(store, idx, ex):
+    """Independent reference: the extractor on each structure alone."""
+    from atomsift.data.batch import collate
+
+    return [ex(collate([store.record(int(g))], dataset=store.dataset)).double().numpy() for g in idx]
+
+
+# ----------------------------------------------------------------------------------- accumulation
+
+
+def test_streaming_shards_equal_numpy_on_concatenation():
+    rng = np.random.default_rng(0)
+    # offset mean and mixed scales: a naive sum-of-squares would lose digits here
+    x = rng.normal(size=(5000, 24)) * rng.uniform(0.1, 10, size=24) + 1e3
+    cuts = [0, 1, 2, 17, 900, 901, 3000, 5000]
+    shards = [Moments.of(x[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+    merged = Moments.empty(24)
+    for s in shards:
+        merged = merged.merge(s)
+    ref_mean, ref_cov = x.mean(axis=0), np.cov(x, rowvar=False)
+    assert merged.n == 5000
+    np.testing.assert_allclose(merged.mean, ref_mean, rtol=1e-10, atol=0)
+    np.testing.assert_allclose(merged.cov, ref_cov, rtol=1e-10, atol=1e-10 * np.abs(ref_cov).max())
+    # merge order does not matter (to round-off)
+    rev = Moments.empty(24)
+    for s in reversed(shards):
+        rev = rev.merge(s)
+    np.testing.assert_allclose(rev.cov, merged.cov, rtol=1e-10, atol=1e-10 * np.abs(ref_cov).max())
+
+
+def test_accumulator_and_files_merge_across_jobs(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3001, 6))
+    paths = []
+    for k, part in enumerate(np.array_split(x, 3)):  # three "jobs", each writing a file
+        acc = Accumulator(block_rows=64)
+        for blk in np.array_split(part, 37):
+            acc.add(blk)
+        paths.append(save_moments(tmp_path / f"s{k}.npz", acc.result(), {"dataset": "x"}))
+    m = Moments.empty(6)
+    for p in paths:
+        m = m.merge(load_moments(p)[0])
+    np.testing.assert_allclose(m.cov, np.cov(x, rowvar=False), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(m.mean, x.mean(axis=0), rtol=1e-10, atol=1e-14)
+    assert json.loads((tmp_path / "s0.npz.json").read_text())["dim"] == 6
+
+
+# ----------------------------------------------------------------------------------- moments files
+
+
+def _write(path, **arrays):
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+    return path
+
+
+def test_bad_moments_files_name_file_and_key(tmp_path):
+    good = dict(n=np.int64(10), mean=np.zeros(3), cov=np.eye(3))
+    p = _write(tmp_path / "nokey.npz", n=np.int64(10), mean=np.zeros(3))
+    with pytest.raises(InputError) as e:
+        load_moments(p)
+    assert str(e.value).startswith(str(p)) and "'cov'" in str(e.value) and "\n" not in str(e.value)
+    p = _write(tmp_path / "dims.npz", **{**good, "cov": np.eye(4)})
+    with pytest.raises(InputError, match=r"dims\.npz: field 'cov': expected shape \(3, 3\)"):
+        load_moments(p)
+    p = _write(tmp_path / "nan.npz", **{**good, "mean": np.array([0.0, np.nan, 0.0])})
+    with pytest.raises(InputError, match="field 'mean': non-finite"):
+        load_moments(p)
+    p = tmp_path / "junk.npz"
+    p.write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="junk.npz: not a readable"):
+        load_moments(p)
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
+    a = _write(tmp_path / "a.npz", n=np.int64(10), mean=np.zeros(3), cov=np.eye(3))
+    b = _write(tmp_path / "b.npz", n=np.int64(10), mean=np.zeros(4), cov=np.eye(4))
+    assert main(["csi", str(a), str(b), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "b.npz" in err and "field 'mean'" in err
+    assert main(["csi", str(a), str(tmp_path / "missing.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing.npz" in err
+
+
+def test_csi_cli_matches_library(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(200, 5)), rng.normal(size=(300, 5)) * 2 + 1
+    save_moments(tmp_path / "x.npz", Moments.of(x), {"extractor_sha256": "a" * 64})
+    save_moments(tmp_path / "y.npz", Moments.of(y), {"extractor_sha256": "a" * 64})
+    assert main(["csi", str(tmp_path / "x.npz"), str(tmp_path / "y.npz"), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)["csi"]
+    ref = frechet_distance(x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False))
+    assert got == pytest.approx(ref, rel=1e-12)
+    save_moments(tmp_path / "z.npz", Moments.of(y), {"extractor_sha256": "b" * 64, "extractor": "other"})
+    assert main(["csi", str(tmp_path / "x.npz"), str(tmp_path / "z.npz")]) == 2
+    assert "extractor_sha256" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------- extraction
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory):
+    from atomsift.data.store import StoreWriter
+
+    rng = np.random.default_rng(0)
+    out = tmp_path_factory.mktemp("csi") / "mols"
+    with StoreWriter(out, dataset="qm9", reader="test") as w:
+        for i in range(60):
+            n = 2 + i % 9
+            z = rng.choice([1, 6, 7, 8], size=n)
+            w.add(z, rng.normal(size=(n, 3)) * 1.5, cls="".join(sorted(map(str, z)))[:3])
+        w.set_split("train", np.arange(0, 48))
+        w.set_split("val", np.arange(48, 60))
+    return out
+
+
+@pytest.mark.parametrize("agg", ["flat", "mean", "sum", "max"])
+def test_compute_moments_equals_direct_numpy(small_store, agg):
+    from atomsift.data.store import Store
+
+    s = Store(small_store)
+    ex = FakeExtractor()
+    idx = np.array([3, 1, 4, 15, 9, 26, 5, 35, 8, 9, 7])  # a repeat, as balanced samples have
+    m = compute_moments(s, ex, idx, agg=agg, batch_size=4)
+    per = _features_by_structure(s, idx, ex)
+    pool = {"flat": None, "mean": np.mean, "sum": np.sum, "max": np.max}[agg]
+    x = np.concatenate(per) if pool is None else np.stack([pool(f, axis=0) for f in per])
+    assert m.n == x.shape[0]
+    np.testing.assert_allclose(m.mean, x.mean(axis=0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(m.cov, np.cov(x, rowvar=False), rtol=1e-5, atol=1e-5)
+    assert ex.seen_datasets == {"qm9"}
+
+
+@pytest.fixture
+def fake_extractor(monkeypatch):
+    import atomsift.csi.cli as csi_cli
+
+    made = {}
+
+    def load(spec):
+        if spec.startswith("bad"):
+            raise InputError("unknown extractor", field="extractor")
+        made[spec] = FakeExtractor(seed=0, sha=("e" if spec == "other" else "f") * 64)
+        return made[spec]
+
+    monkeypatch.setattr(csi_cli, "load_extractor", load)
+    return made
+
+
+def test_moments_select_table_figure_end_to_end(small_store, tmp_path, fake_extractor, capsys):
+    from ase import Atoms
+    from ase.io import write
+
+    from atomsift.csi.select import read_table
+
+    ups = {}
+    for name, sampling, n in (("a", "random", 20), ("b", "balanced", 30)):
+        out = tmp_path / f"{name}.npz"
+        rc = main(["moments", "--store", str(small_store), "--extractor", "fake", "--sampling", sampling,
+                   "--n", str(n), "--seed", "0", "--agg", "flat", "--out", str(out), "--json"])
+        assert rc == 0
+        meta = json.loads(capsys.readouterr().out)
+        assert meta["sampling"] == sampling and meta["extractor_sha256"] == "f" * 64 and meta["split"] == "train"
+        assert meta["n_structures"] == n and meta["dataset"] == "qm9"
+        ups[name] = out
+    m, side = load_moments(ups["a"])
+    assert side["n"] == m.n and side["aggregation"] == "flat"
+
+    # a user's downstream file: some molecules of the store written as extxyz
+    from atomsift.data.store import Store
+
+    st = Store(small_store)
+    frames = [st.record(i).to_atoms() for i in range(48, 60)]
+    data = tmp_path / "mine.xyz"
+    write(data, frames)
+    rc = main(["select", str(data), "--upstream", f"A={ups['a']}", "--upstream", f"B={ups['b']}", "--json",
+               "--save-moments", str(tmp_path / "mine.npz")])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["downstream"] == "mine" and [r["upstream"] for r in res["ranking"]] in (["A", "B"], ["B", "A"])
+    assert res["ranking"][0]["csi"] <= res["ranking"][1]["csi"]
+    assert res["recommendation"].startswith(f"pretrain on {res['ranking'][0]['upstream']}")
+    # the ranking equals CSI computed from the saved downstream moments
+    d = load_moments(tmp_path / "mine.npz")[0]
+    for r in res["ranking"]:
+        u = load_moments(ups[r["upstream"].lower()])[0]
+        assert r["csi"] == pytest.approx(frechet_distance(u.mean, u.cov, d.mean, d.cov), rel=1e-12)
+    # min-atoms default 4: only structures with >= 4 atoms were used
+    assert res["n_structures"] == sum(len(a) >= 4 for a in frames)
+
+    # a wrong extractor is refused with one line naming the moments file
+    assert main(["select", str(data), "--upstream", f"A={ups['a']}", "--extractor", "other"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a.npz" in err and "sha256" in err
+
+    # --upstream-dir names candidates by their sidecar's dataset: two 'qm9' files collide
+    assert main(["select", str(small_store), "--upstream-dir", str(tmp_path)]) == 2
+    assert "named 'qm9'" in capsys.readouterr().err
+
+    # the CSI table, then figures from it
+    table = tmp_path / "csi.csv"
+    rc = main(["csi-table", "--upstream", f"ani1x={ups['a']}", "--upstream", f"oc20={ups['b']}",
+               "--downstream", f"qm9={tmp_path / 'mine.npz'}", "--out", str(table)])
+    assert rc == 0
+    rows = read_table(table)
+    assert [(r["upstream"], r["downstream"], r["extractor"], r["agg"]) for r in rows] == [
+        ("ani1x", "qm9", "fake-8", "flat"), ("oc20", "qm9", "fake-8", "flat")]
+    assert rows[0]["csi"] == pytest.approx({r["upstream"]: r["csi"] for r in res["ranking"]}["A"], rel=1e-12)
+    png = tmp_path / "fig.png"
+    capsys.readouterr()
+    assert main(["csi-figure", "--table", str(table), "--kind", "bars", "--out", str(png), "--title", "t"]) == 0
+    head = png.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    w, h = struct.unpack(">II", head[16:24])
+    assert w > 300 and h > 200
+    assert main(["csi-figure", "--table", str(table), "--out", str(png), "--sampling", "nope"]) == 2
+    assert "sampling" in capsys.readouterr().err
+
+
+def test_store_batches_tag_dataset(small_store):
+    from atomsift.data.store import Store
+
+    bs = list(store_batches(Store(small_store), np.arange(10), batch_size=4))
+    assert [b.num_graphs for b in bs] == [4, 4, 2] and all(b.dataset == "qm9" for b in bs)
