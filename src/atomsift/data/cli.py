@@ -116,9 +116,9 @@ def _show(args) -> int:
     if args.json:
         print_json(out)
     else:
-        from ase.formula import Formula
+        from ase.symbols import Symbols
 
-        print(f"structure {r.index}: {Formula.from_list([int(z) for z in r.numbers]).format('hill')}, {r.natoms} atoms, class {r.cls}")
+        print(f"structure {r.index}: {Symbols(r.numbers).get_chemical_formula('hill')}, {r.natoms} atoms, class {r.cls}")
         if r.energy is not None:
             print(f"energy  {r.energy:.6f} eV")
         for k, v in r.targets.items():

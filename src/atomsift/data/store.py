@@ -584,6 +584,8 @@ class Store:
     def __init__(self, path: str | Path, _indices: np.ndarray | None = None):
         self.path = Path(path)
         mpath = self.path / "manifest.json"
+        if not self.path.exists():
+            raise InputError("does not exist (expected an atomsift store directory)", path=self.path)
         if not self.path.is_dir():
             raise InputError("not a directory (expected an atomsift store)", path=self.path)
         if not mpath.exists():
@@ -593,10 +595,17 @@ class Store:
                 self.manifest = json.load(fh)
         except json.JSONDecodeError as exc:
             raise InputError(f"manifest is not valid JSON ({exc.msg} at line {exc.lineno})", path=mpath) from None
+        if not isinstance(self.manifest, dict):
+            raise InputError("not an atomsift store manifest (not a JSON object)", path=mpath)
         if self.manifest.get("format") != FORMAT_NAME:
             raise InputError(f"not an atomsift store manifest (format={self.manifest.get('format')!r})", path=mpath, field="format")
         if self.manifest.get("format_version") != FORMAT_VERSION:
             raise InputError(f"unsupported format_version {self.manifest.get('format_version')!r}", path=mpath, field="format_version")
+        for key in ("dataset", "fields", "counts", "units", "elements", "reader"):
+            if key not in self.manifest:
+                raise InputError("missing from the manifest", path=mpath, field=key)
+        if not isinstance(self.manifest["counts"], dict) or "n_structures" not in self.manifest["counts"]:
+            raise InputError("missing from the manifest", path=mpath, field="counts.n_structures")
         self.fields = list(self.manifest["fields"])
         self.target_names = list(self.manifest.get("targets", []))
         self._arrays: dict[str, np.ndarray] = {}
@@ -613,8 +622,17 @@ class Store:
             p = self.path / f"{name}.npy"
             if not p.exists():
                 raise InputError(f"store has no field '{name}'", path=self.path, field=name)
-            # a plain ndarray over the map: indexing an np.memmap costs ~3x more per call
-            a = np.load(p, mmap_mode="r").view(np.ndarray)
+            try:
+                # a plain ndarray over the map: indexing an np.memmap costs ~3x more per call
+                a = np.load(p, mmap_mode="r").view(np.ndarray)
+            except (ValueError, OSError) as exc:  # truncated or not a .npy
+                raise InputError(f"unreadable store array ({' '.join(str(exc).split())})", path=p) from None
+            counts = self.manifest["counts"]
+            rows = {"offsets": counts["n_structures"] + 1, "targets": counts["n_structures"]}.get(name)
+            if rows is None and name in _FIELDS:
+                rows = counts.get("n_atoms") if _FIELDS[name][1] else counts["n_structures"]
+            if rows is not None and (a.ndim == 0 or a.shape[0] != rows):
+                raise InputError(f"has {a.shape[:1]} rows, the manifest says {rows} (damaged store)", path=p)
             self._arrays[name] = a
         return a
 
