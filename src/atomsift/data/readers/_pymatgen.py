@@ -1,0 +1,102 @@
+"""Parse pymatgen ``Structure.as_dict()`` JSON without pymatgen.
+
+The layout is plain JSON (QMOF's ``qmof_structure_data.json``, MatBench's ``matbench_*.json.gz``)::
+
+    {"@module": "pymatgen.core.structure", "@class": "Structure", "charge": 0,
+     "lattice": {"matrix": [[ax, ay, az], [bx, by, bz], [cx, cy, cz]], "pbc": [true, true, true], ...},
+     "sites": [{"species": [{"element": "Cu", "occu": 1}], "abc": [fa, fb, fc],
+                "xyz": [x, y, z], "label": "Cu", "properties": {...}}, ...]}
+
+Rows of ``lattice.matrix`` are the lattice vectors (Angstrom); ``xyz`` are Cartesian Angstrom,
+``abc`` fractional (used when ``xyz`` is absent: xyz = abc @ matrix). The element of a site is its
+``label`` when that is an element symbol (as JMP reads QMOF), else ``species[0].element``.
+Disordered sites (several species or occupancy below one) are rejected: the store holds one
+element per atom.
+"""
+
+from __future__ import annotations
+
+from functools import reduce
+from math import gcd
+
+import numpy as np
+from ase.data import chemical_symbols
+
+from atomsift.errors import InputError
+
+ATOMIC_NUMBERS = {s: z for z, s in enumerate(chemical_symbols) if z > 0}
+
+
+def _site_number(site, where: str, path, i: int) -> int:
+    label = site.get("label") if isinstance(site, dict) else None
+    if isinstance(label, str) and label in ATOMIC_NUMBERS:
+        return ATOMIC_NUMBERS[label]
+    species = site.get("species") if isinstance(site, dict) else None
+    if not isinstance(species, list) or not species:
+        raise InputError(f"{where}: site {i} has no species list", path=path, field="sites.species")
+    if len(species) != 1:
+        raise InputError(f"{where}: site {i} is disordered ({len(species)} species)", path=path, field="sites.species")
+    sp = species[0]
+    el = sp.get("element") if isinstance(sp, dict) else None
+    if el not in ATOMIC_NUMBERS:
+        raise InputError(f"{where}: site {i} has unknown element {el!r}", path=path, field="sites.species.element")
+    occu = sp.get("occu", 1)
+    if not isinstance(occu, (int, float)) or abs(float(occu) - 1.0) > 1e-6:
+        raise InputError(f"{where}: site {i} has partial occupancy {occu!r}", path=path, field="sites.species.occu")
+    return ATOMIC_NUMBERS[el]
+
+
+def parse_structure(d, *, path=None, where: str = "structure"):
+    """(numbers (N,) int64, positions (N, 3) Angstrom, cell (3, 3), pbc (3,)) of a Structure dict.
+
+    Raises :class:`InputError` naming ``path``, the field and ``where`` on a malformed dict.
+    """
+    if not isinstance(d, dict):
+        raise InputError(f"{where}: expected a pymatgen Structure dict, got {type(d).__name__}", path=path, field="structure")
+    lat = d.get("lattice")
+    if not isinstance(lat, dict) or "matrix" not in lat:
+        raise InputError(f"{where}: missing lattice.matrix", path=path, field="lattice.matrix")
+    try:
+        cell = np.asarray(lat["matrix"], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: lattice.matrix is not numeric", path=path, field="lattice.matrix") from None
+    if cell.shape != (3, 3):
+        raise InputError(f"{where}: lattice.matrix has shape {cell.shape}, expected (3, 3)", path=path, field="lattice.matrix")
+    pbc = np.asarray(lat.get("pbc", (True, True, True)), dtype=bool).reshape(-1)
+    if pbc.shape != (3,):
+        raise InputError(f"{where}: lattice.pbc must hold 3 flags", path=path, field="lattice.pbc")
+    sites = d.get("sites")
+    if not isinstance(sites, list) or not sites:
+        raise InputError(f"{where}: no sites", path=path, field="sites")
+    numbers = np.empty(len(sites), dtype=np.int64)
+    pos = np.empty((len(sites), 3), dtype=np.float64)
+    frac_rows = []
+    for i, site in enumerate(sites):
+        numbers[i] = _site_number(site, where, path, i)
+        key = "xyz" if "xyz" in site else "abc"
+        try:
+            v = np.asarray(site[key], dtype=np.float64)
+        except KeyError:
+            raise InputError(f"{where}: site {i} has neither xyz nor abc", path=path, field="sites.xyz") from None
+        except (TypeError, ValueError):
+            raise InputError(f"{where}: site {i} {key} is not numeric", path=path, field=f"sites.{key}") from None
+        if v.shape != (3,):
+            raise InputError(f"{where}: site {i} {key} has shape {v.shape}, expected (3,)", path=path, field=f"sites.{key}")
+        pos[i] = v
+        if key == "abc":
+            frac_rows.append(i)
+    if frac_rows:
+        pos[frac_rows] = pos[frac_rows] @ cell
+    return numbers, pos, cell, pbc
+
+
+def reduced_formula(numbers) -> str:
+    """Hill formula with the counts divided by their greatest common divisor (Cu4O4 -> CuO)."""
+    z = np.asarray(numbers, dtype=np.int64).reshape(-1)
+    counts = np.bincount(z, minlength=119)
+    g = reduce(gcd, (int(c) for c in counts if c), 0) or 1
+    counts = counts // g
+    syms = {chemical_symbols[z]: int(c) for z, c in enumerate(counts) if c and z}
+    first = [s for s in ("C", "H") if s in syms] if "C" in syms else []
+    order = first + sorted(s for s in syms if s not in first)
+    return "".join(s if syms[s] == 1 else f"{s}{syms[s]}" for s in order)
