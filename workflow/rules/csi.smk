@@ -62,6 +62,8 @@ rule csi_figure:
         csi_figure_part,
     output:
         f"{G.RESULTS}/figures/{{fig}}.png",
+    params:
+        title=lambda w: G.csi_figure_title(config, w.fig),
     wildcard_constraints:
         fig=alternatives(config.get("csi_figures", {})),
     log:
@@ -69,7 +71,7 @@ rule csi_figure:
     conda:
         ENV
     shell:
-        "atomsift csi-figure --table {input} --kind bars --out {output} > {log} 2>&1"
+        "atomsift csi-figure --table {input} --kind bars --title {params.title:q} --out {output} > {log} 2>&1"
 
 
 rule coverage:
@@ -85,5 +87,17 @@ rule coverage:
     conda:
         ENV
     shell:
-        "atomsift coverage --store {input} --n {params.n} --seed {params.seed} --json "
-        "> {output}.tmp 2> {log} && mv {output}.tmp {output}"
+        "atomsift coverage --store {input} --n {params.n} --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule coverage_figure:
+    input:
+        [G.coverage_file(d) for d in G.coverage_datasets(config)],
+    output:
+        f"{G.RESULTS}/figures/fig9.png",
+    log:
+        f"{LOGS}/coverage_figure/fig9.log",
+    conda:
+        ENV
+    shell:
+        "atomsift csi-figure --table {input} --kind coverage --out {output} > {log} 2>&1"

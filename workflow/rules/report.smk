@@ -44,7 +44,7 @@ rule figure:
     output:
         f"{G.RESULTS}/figures/{{fig}}.png",
     wildcard_constraints:
-        fig="fig1|fig4|fig9",
+        fig="fig1|fig4",
     log:
         f"{LOGS}/figure/{{fig}}.log",
     conda:

@@ -310,13 +310,18 @@ def pretrain_run(config: dict, upstream: str, budget: str, backbone: str) -> dic
     """The run file of one pretraining job (keys of docs/training.md)."""
     n, e = parse_budget(budget)
     mix = config["upstreams"][upstream]["mix"]
+    up = {"stores": {d: store_dir(d) for d in mix}}
+    if len(mix) == 1:
+        up["mixture"] = "single"
+    else:
+        up["mixture"] = "proportions"
+        up["proportions"] = {d: float(f) for d, f in mix.items()}
     run = {
-        "upstream": upstream,
-        "datasets": {d: {"store": store_dir(d), "fraction": float(f)} for d, f in mix.items()},
-        "n": n,
-        "epochs": e,
-        "backbone": dict(config["backbones"][backbone]),
+        "size": config["backbones"][backbone]["size"],
         "seed": int(config["pretrain"].get("seed", 0)),
+        "upstream": up,
+        "n_structures": n,
+        "epochs": e,
     }
     run.update(config["pretrain"].get("options", {}))
     return run
@@ -326,12 +331,13 @@ def finetune_run(config: dict, task: str, backbone: str, seed: int) -> dict:
     """The run file of one finetuning job (keys of docs/training.md)."""
     spec = config["tasks"][task]
     run = {
-        "task": task,
+        "task": spec.get("recipe", task),
         "store": store_dir(spec["dataset"]),
-        "target": spec["target"],
-        "backbone": dict(config["backbones"][backbone]),
+        "size": config["backbones"][backbone]["size"],
         "seed": int(seed),
     }
+    if spec.get("target"):
+        run["target"] = spec["target"]
     run.update(config["finetune"].get("options", {}))
     run.update(spec.get("options", {}))
     return run
@@ -471,23 +477,21 @@ def figure_spec(config: dict, figure: str) -> dict:
             "tasks": _task_info(config, f["tasks"]),
             "cells": _cell_dicts(fig4_cells(config)),
         }
-    if figure == "fig9":
-        return {
-            "figure": "fig9",
-            "n": config["csi"]["coverage_n"],
-            "coverage": {u: coverage_file(d) for u, d in csi_upstreams(config).items()},
-        }
     raise InputError(f"no spec for figure {figure}", field="figure")
 
 
 def figure_inputs(config: dict, figure: str) -> list[str]:
     spec = figure_spec(config, figure)
-    if figure == "fig9":
-        return list(spec["coverage"].values())
     files = [c["metrics"] for c in spec["cells"]]
     if figure == "fig1":
         files.append(spec["csi"]["table"])
     return files
+
+
+def csi_figure_title(config: dict, figure: str) -> str:
+    spec = config["csi_figures"][figure]
+    kind = "in-distribution" if spec["tasks"] == "id" else "out-of-distribution"
+    return f"Fig. {figure[3:]}: CSI, {kind} tasks ({spec['extractor']}, {spec['sampling']} sampling, {spec['agg']})"
 
 
 def report_spec(config: dict, command: str, source: str) -> dict:
