@@ -35,6 +35,17 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_show)
 
+    p = sub.add_parser("download", help="fetch the official release files of a dataset (resumable, verified)")
+    p.add_argument("dataset", help="ani1x, transition1x, oc20, oc22, rmd17, md22, md17, spice, qm9, qmof, matbench")
+    p.add_argument("--dest", help="folder to write the files into (required unless --list)")
+    p.add_argument("--subset", action="append", help="subset(s) to fetch (molecule, task, split; repeat or comma-separate; "
+                   "default: the release's default set; --list shows them)")
+    p.add_argument("--url", help="fetch the one selected file from this URL instead (a mirror)")
+    p.add_argument("--sha256", help="expected sha256 of the one selected file (replaces the published checksum)")
+    p.add_argument("--list", action="store_true", help="list the subsets, files and URLs; download nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_download)
+
     try:
         from atomsift.data.mini.cli import register as register_mini
     except ModuleNotFoundError:
@@ -123,4 +134,34 @@ def _show(args) -> int:
             print(f"energy  {r.energy:.6f} eV")
         for k, v in r.targets.items():
             print(f"{k:8s}{v:.8g}")
+    return 0
+
+
+def _download(args) -> int:
+    from atomsift.cli import print_json
+    from atomsift.data.download import DATASETS, download, select
+    from atomsift.errors import InputError
+
+    subsets = [x for s in args.subset or [] for x in s.split(",") if x] or None
+    if args.list:
+        select(args.dataset)  # an unknown name is a one-line error
+        files = {k: [dict(f.__dict__) for f in v] for k, v in DATASETS[args.dataset].files.items()}
+        if args.json:
+            print_json({"dataset": args.dataset, "default": list(DATASETS[args.dataset].default), "subsets": files})
+        else:
+            for k, fs in files.items():
+                mark = "*" if k in DATASETS[args.dataset].default else " "
+                for f in fs:
+                    print(f"{mark} {k:22s} {f['filename']:44s} {f['url']}")
+            print("(* = fetched by default)")
+        return 0
+    if not args.dest:
+        raise InputError("--dest is required", field="dest")
+    paths = download(args.dataset, args.dest, subsets=subsets, url=args.url, sha256=args.sha256)
+    if args.json:
+        print_json({"dataset": args.dataset, "files": [{"path": str(p), "bytes": p.stat().st_size} for p in paths]})
+    else:
+        for p in paths:
+            print(f"{p}  ({p.stat().st_size} bytes)")
+        print(f"next: {DATASETS[args.dataset].then}")
     return 0
