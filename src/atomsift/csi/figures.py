@@ -173,14 +173,15 @@ def coverage_bars(rows: list[dict], out: str | Path, *, title: str | None = None
     for k, (key, color, lab) in enumerate((("random", COLORS[0], "random"), ("balanced", COLORS[1], "class-balanced"))):
         v = [by[n][key] for n in names]
         bars = ax.bar(x + (k - 0.5) * w, v, w * 0.95, color=color, label=lab, edgecolor="black", linewidth=0.4)
-        ax.bar_label(bars, labels=[f"{int(b):,}" for b in v], fontsize=7, padding=1)
+        ax.bar_label(bars, labels=[f"{int(b):,}" for b in v], fontsize=7, label_type="center", color="white", rotation=90)
     for i, n in enumerate(names):
         ax.hlines(by[n]["total_classes"], i - w - 0.05, i + w + 0.05, colors="black", linestyles="dashed", linewidth=1,
                   label="total classes" if i == 0 else None)
     ax.set_xticks(x, [label(n) for n in names])
     ax.set_ylabel("unique classes covered")
     ax.set_yscale("log")
-    ax.set_ylim(top=max(r["total_classes"] for r in rows) * 2.5)
+    ax.set_ylim(bottom=max(min(min(r["random"], r["balanced"]) for r in rows) / 5, 0.5),
+                top=max(r["total_classes"] for r in rows) * 2.5)
     ax.legend(frameon=False, fontsize=8, loc="upper left")
     ax.spines[["top", "right"]].set_visible(False)
     if title:

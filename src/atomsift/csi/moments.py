@@ -97,32 +97,44 @@ class Moments:
 
 
 class Accumulator:
-    """Streaming moments: feed feature blocks of any size with :meth:`add`; buffers small blocks
-    so that each float64 ``syrk`` runs on at least ``block_rows`` rows."""
+    """Streaming moments: feed feature blocks of any size with :meth:`add`.
+
+    Rows are copied (and cast) into one preallocated float64 block of ``block_rows`` rows; each
+    full block is centred in place and folded in with one ``syrk`` and a pairwise merge, so the
+    memory is O(block_rows * d + d^2) whatever the number of samples.
+    """
 
     def __init__(self, block_rows: int = 4096):
-        self.block_rows = block_rows
+        self.block_rows = int(block_rows)
         self._moments: Moments | None = None
-        self._buf: list[np.ndarray] = []
-        self._buffered = 0
+        self._block: np.ndarray | None = None
+        self._fill = 0
 
     def add(self, x) -> None:
         x = np.asarray(x)
         if x.ndim != 2:
             raise ValueError(f"expected features of shape (samples, d), got {x.shape}")
-        if x.shape[0] == 0:
-            return
-        self._buf.append(x)
-        self._buffered += x.shape[0]
-        if self._buffered >= self.block_rows:
-            self._flush()
+        if self._block is None:
+            self._block = np.empty((self.block_rows, x.shape[1]), dtype=np.float64)
+        elif x.shape[1] != self._block.shape[1]:
+            raise ValueError(f"feature dimension changed from {self._block.shape[1]} to {x.shape[1]}")
+        start = 0
+        while start < x.shape[0]:
+            take = min(self.block_rows - self._fill, x.shape[0] - start)
+            self._block[self._fill:self._fill + take] = x[start:start + take]
+            self._fill += take
+            start += take
+            if self._fill == self.block_rows:
+                self._flush()
 
     def _flush(self) -> None:
-        if not self._buf:
+        if not self._fill:
             return
-        block = np.concatenate(self._buf, axis=0) if len(self._buf) > 1 else self._buf[0]
-        self._buf, self._buffered = [], 0
-        m = Moments.of(block)
+        block = self._block[:self._fill]
+        mean = block.mean(axis=0)
+        block -= mean  # in place: the block is ours
+        m = Moments(self._fill, mean, block.T @ block)  # X.T @ X of one buffer -> syrk
+        self._fill = 0
         self._moments = m if self._moments is None else self._moments.merge(m)
 
     def result(self) -> Moments:
