@@ -89,12 +89,15 @@ ANI1X_SPEC = {  # formula -> (atomic numbers, conformers)
 }
 
 
-def write_ani1x(path: Path, seed: int = 0, spec: dict | None = None, nan_ccsd: dict | None = None) -> Path:
+def ani1x_tree(seed: int = 0, spec: dict | None = None, nan_ccsd: dict | None = None) -> dict:
     rng = np.random.default_rng(seed)
     spec = ANI1X_SPEC if spec is None else spec
     nan_ccsd = {"C2H6O1": (1, 3)} if nan_ccsd is None else nan_ccsd
-    tree = {name: ani1x_group(rng, numbers_of(f), m, nan_ccsd.get(name, ())) for name, (f, m) in spec.items()}
-    return write_h5(path, tree)
+    return {name: ani1x_group(rng, numbers_of(f), m, nan_ccsd.get(name, ())) for name, (f, m) in spec.items()}
+
+
+def write_ani1x(path: Path, seed: int = 0, spec: dict | None = None, nan_ccsd: dict | None = None) -> Path:
+    return write_h5(path, ani1x_tree(seed, spec, nan_ccsd))
 
 
 # ------------------------------------------------------------------------------------ Transition-1x
@@ -130,6 +133,10 @@ def t1x_reaction(rng, numbers, m: int) -> dict:
 
 def write_t1x(path: Path, seed: int = 0, spec: dict | None = None, formulas: dict | None = None) -> Path:
     """The release layout: reactions under /data, and /train, /val, /test soft links to /data/<formula>."""
+    return write_h5(path, t1x_tree(seed, spec, formulas))
+
+
+def t1x_tree(seed: int = 0, spec: dict | None = None, formulas: dict | None = None) -> dict:
     rng = np.random.default_rng(seed)
     spec = T1X_SPEC if spec is None else spec
     formulas = T1X_FORMULAS if formulas is None else formulas
@@ -141,7 +148,7 @@ def write_t1x(path: Path, seed: int = 0, spec: dict | None = None, formulas: dic
             z = numbers_of(formulas[formula])
             data[formula] = {f"rxn{r:04d}": t1x_reaction(rng, z, m) for r, m in rxns.items()}
             links[split][formula] = h5py.SoftLink(f"/data/{formula}")
-    return write_h5(path, {"data": data, **links})
+    return {"data": data, **links}
 
 
 # ------------------------------------------------------------------------------------------- rMD17
@@ -237,8 +244,11 @@ SPICE_SPEC = {  # name -> (atomic numbers, conformers, subset)
 }
 
 
-def write_spice(path: Path, seed: int = 0, spec: dict | None = None, with_subset: bool = True) -> Path:
+def spice_tree(seed: int = 0, spec: dict | None = None, with_subset: bool = True) -> dict:
     rng = np.random.default_rng(seed)
     spec = SPICE_SPEC if spec is None else spec
-    tree = {name: spice_group(rng, numbers_of(f), m, sub if with_subset else None) for name, (f, m, sub) in spec.items()}
-    return write_h5(path, tree)
+    return {name: spice_group(rng, numbers_of(f), m, sub if with_subset else None) for name, (f, m, sub) in spec.items()}
+
+
+def write_spice(path: Path, seed: int = 0, spec: dict | None = None, with_subset: bool = True) -> Path:
+    return write_h5(path, spice_tree(seed, spec, with_subset))

@@ -78,6 +78,44 @@ def open_hdf5(path: str | Path):
         raise InputError(f"cannot open as HDF5 (truncated or not an HDF5 file: {one_line(exc)})", path=path) from None
 
 
+def h5_field(group, key: str) -> str:
+    """``<group path>/<key>`` without the leading slash, for error messages."""
+    return f"{group.name.rstrip('/')}/{key}".lstrip("/")
+
+
+def _h5_open(group, key: str, path, required: bool):
+    """Low-level handle of dataset ``group[key]`` (h5py's Dataset objects cost ~3x more to make),
+    None for a missing optional key; InputErrors name what is there instead."""
+    import h5py
+
+    try:
+        return h5py.h5d.open(group.id, key.encode())
+    except (KeyError, ValueError, OSError, RuntimeError, TypeError):
+        pass
+    try:  # find out why, for the message
+        obj = group.get(key)
+    except (OSError, KeyError, RuntimeError, ValueError) as exc:  # dangling links, damaged headers
+        raise InputError(f"cannot resolve ({one_line(exc)})", path=path, field=h5_field(group, key)) from None
+    if obj is None:
+        if not required:
+            return None
+        raise InputError("missing dataset", path=path, field=h5_field(group, key))
+    if not isinstance(obj, h5py.Dataset):
+        raise InputError(f"expected a dataset, found a {type(obj).__name__}", path=path, field=h5_field(group, key))
+    raise InputError("cannot open the dataset", path=path, field=h5_field(group, key))
+
+
+def _h5_read(did, group, key: str, path) -> np.ndarray:
+    import h5py
+
+    try:
+        arr = np.empty(did.shape, dtype=did.dtype)
+        did.read(h5py.h5s.ALL, h5py.h5s.ALL, arr)
+    except (OSError, RuntimeError, ValueError, TypeError) as exc:  # truncated data blocks, bad filters
+        raise InputError(f"cannot read ({one_line(exc)})", path=path, field=h5_field(group, key)) from None
+    return arr
+
+
 def h5_dataset(group, key: str, path, *, kind: str = "f", ndim: int | None = None,
                shape: Sequence[int | None] | None = None, required: bool = True) -> np.ndarray | None:
     """Read ``group[key]`` fully as an array, checking it exists and its dtype kind and shape.
@@ -85,57 +123,38 @@ def h5_dataset(group, key: str, path, *, kind: str = "f", ndim: int | None = Non
     ``kind``: "f" (float; integer also accepted), "i" (integer), "any". ``shape`` entries of None
     match any length. Missing keys give None when ``required`` is False.
     """
-    import h5py
-
-    field = f"{group.name.rstrip('/')}/{key}".lstrip("/")
+    did = _h5_open(group, key, path, required)
+    if did is None:
+        return None
     try:
-        obj = group.get(key)
-    except (OSError, KeyError, RuntimeError, ValueError) as exc:  # dangling links, damaged headers
-        raise InputError(f"cannot resolve ({one_line(exc)})", path=path, field=field) from None
-    if obj is None:
-        if not required:
-            return None
-        raise InputError("missing dataset", path=path, field=field)
-    if not isinstance(obj, h5py.Dataset):
-        raise InputError(f"expected a dataset, found a {type(obj).__name__}", path=path, field=field)
-    check_dtype(obj.dtype, kind, path, field)
-    if ndim is not None and len(obj.shape) != ndim:
-        raise InputError(f"expected {ndim} dimensions, got shape {obj.shape}", path=path, field=field)
+        dtype, dshape = did.dtype, did.shape
+    except (OSError, RuntimeError, ValueError, TypeError) as exc:  # a datatype numpy has no equivalent for
+        raise InputError(f"unsupported HDF5 type ({one_line(exc)})", path=path, field=h5_field(group, key)) from None
+    if not _dtype_ok(dtype, kind):
+        check_dtype(dtype, kind, path, h5_field(group, key))
+    if ndim is not None and len(dshape) != ndim:
+        raise InputError(f"expected {ndim} dimensions, got shape {dshape}", path=path, field=h5_field(group, key))
     if shape is not None:
-        if len(obj.shape) != len(shape) or any(s is not None and s != t for s, t in zip(shape, obj.shape)):
-            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
-            raise InputError(f"expected shape {want}, got {obj.shape}", path=path, field=field)
-    try:
-        return obj[()]
-    except (OSError, RuntimeError, ValueError, TypeError) as exc:  # truncated data blocks, bad filters
-        raise InputError(f"cannot read ({one_line(exc)})", path=path, field=field) from None
+        if len(dshape) != len(shape) or any(s is not None and s != t for s, t in zip(shape, dshape)):
+            want = fmt_shape(shape)
+            raise InputError(f"expected shape {want}, got {dshape}", path=path, field=h5_field(group, key))
+    return _h5_read(did, group, key, path)
 
 
 def h5_string(group, key: str, path, *, required: bool = False) -> str | None:
     """A scalar or (1,) string dataset (SPICE ``subset``/``smiles``) decoded to str."""
-    import h5py
-
-    field = f"{group.name.rstrip('/')}/{key}".lstrip("/")
-    obj = group.get(key)
-    if obj is None:
-        if required:
-            raise InputError("missing dataset", path=path, field=field)
+    did = _h5_open(group, key, path, required)
+    if did is None:
         return None
-    if not isinstance(obj, h5py.Dataset):
-        raise InputError(f"expected a dataset, found a {type(obj).__name__}", path=path, field=field)
-    try:
-        v = obj[()]
-    except (OSError, RuntimeError, ValueError, TypeError) as exc:
-        raise InputError(f"cannot read ({one_line(exc)})", path=path, field=field) from None
-    if isinstance(v, np.ndarray):
-        if v.size != 1:
-            raise InputError(f"expected one string, got shape {v.shape}", path=path, field=field)
-        v = v.reshape(-1)[0]
+    v = _h5_read(did, group, key, path)
+    if v.size != 1:
+        raise InputError(f"expected one string, got shape {v.shape}", path=path, field=h5_field(group, key))
+    v = v.reshape(-1)[0]
     if isinstance(v, (bytes, np.bytes_)):
         return bytes(v).decode("utf-8", "replace")
     if isinstance(v, str):
         return v
-    raise InputError(f"expected a string, got {type(v).__name__}", path=path, field=field)
+    raise InputError(f"expected a string, got {type(v).__name__}", path=path, field=h5_field(group, key))
 
 
 # -------------------------------------------------------------------------------------------- npz
@@ -192,15 +211,17 @@ def npz_string(npz, key: str) -> str | None:
 # --------------------------------------------------------------------------------------- checking
 
 
+def _dtype_ok(dtype, kind: str) -> bool:
+    k = np.dtype(dtype).kind
+    return kind == "any" or (k in "iu" if kind == "i" else k in "fiu")
+
+
 def check_dtype(dtype, kind: str, path, field: str) -> None:
     """Raise unless ``dtype`` is numeric of ``kind`` ("f": float or int, "i": int, "any")."""
     dt = np.dtype(dtype)
-    if kind == "any":
-        return
-    ok = dt.kind in "iu" if kind == "i" else dt.kind in "fiu"
-    if not ok:
-        want = "integer" if kind == "i" else "numeric"
-        raise InputError(f"expected a {want} array, got dtype {dt}", path=path, field=field)
+    if not _dtype_ok(dt, kind):
+        want = "an integer" if kind == "i" else "a numeric"
+        raise InputError(f"expected {want} array, got dtype {dt}", path=path, field=field)
 
 
 def first_bad_row(a: np.ndarray) -> int | None:
@@ -233,10 +254,22 @@ def check_atomic_numbers(z: np.ndarray, path, field: str) -> np.ndarray:
     return zi
 
 
+def fmt_shape(shape: Sequence[int | None]) -> str:
+    """``(3,)``, ``(*, 9, 3)``: a shape as numpy prints it, None shown as ``*``."""
+    parts = ["*" if s is None else str(s) for s in shape]
+    return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
+
+
 def check_shape(a: np.ndarray, shape: Sequence[int | None], path, field: str) -> None:
     if a.ndim != len(shape) or any(s is not None and s != t for s, t in zip(shape, a.shape)):
-        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+        want = fmt_shape(shape)
         raise InputError(f"expected shape {want}, got {a.shape}", path=path, field=field)
+
+
+def f64(a: np.ndarray) -> np.ndarray:
+    """``a`` as float64 before any unit factor: numpy 2 keeps float32 x Python float in float32,
+    which would round every converted value to 7 digits (the releases store float32 forces)."""
+    return np.asarray(a, dtype=np.float64)
 
 
 def column(a: np.ndarray, m: int, path, field: str) -> np.ndarray:

@@ -116,7 +116,8 @@ def convert(source, out: Path, *, dataset: str = NAME, subset=None, energy_key: 
                     rows = rows[: limit - w.n_structures]
                 start = w.n_structures
                 C.add_frames(
-                    w, z, pos[rows], energy=e[rows] * C.HARTREE, forces=None if fo is None else fo[rows] * C.HARTREE,
+                    w, z, pos[rows], energy=C.f64(e[rows]) * C.HARTREE,
+                    forces=None if fo is None else C.f64(fo[rows]) * C.HARTREE,
                     cls=name, sid=gi, where=lambda i, rows=rows, name=name: f"group {name} conformer {int(rows[i])}",
                 )
                 kept.append((start, w.n_structures - start))

@@ -101,7 +101,7 @@ def write_molecule(out: Path, *, dataset: str, path: Path, mol: str, z, pos, ene
         has_energy=True, has_forces=True, has_sid=True, energy_kind="total",
         extra={"molecule": mol, "unit_factor_eV_per_kcal_mol": factor, "split": note, "seed": seed},
     ) as w:
-        C.add_frames(w, z, pos[:m], energy=energy_kcal[:m] * factor, forces=forces_kcal[:m] * factor, cls=mol,
+        C.add_frames(w, z, pos[:m], energy=C.f64(energy_kcal[:m]) * factor, forces=C.f64(forces_kcal[:m]) * factor, cls=mol,
                      sid=range(m), where=lambda i: f"frame {i}")
         for name, idx in splits.items():
             w.set_split(name, idx)

@@ -4,8 +4,9 @@
 Layout: one group per molecule (name = SMILES or PubChem id) holding ``atomic_numbers`` (N,),
 ``conformations`` (C, N, 3) bohr, ``dft_total_energy`` (C,) hartree, ``dft_total_gradient``
 (C, N, 3) hartree/bohr, ``formation_energy`` (C,) hartree, ``subset`` and ``smiles`` (1,)
-strings, optional ``mbis_*``, ``scf_*``, bond indices (not read). Where a dataset carries a
-``units`` attribute it must be the unit above (the SPICE *input* files hold nanometres).
+strings, optional ``mbis_*``, ``scf_*``, bond indices (not read). Where the first molecule's
+datasets carry a ``units`` attribute it must be the unit above (the SPICE *input* files hold
+nanometres); the release writer labels every group alike, so only the first is checked.
 
 - Units: positions x ``ase.units.Bohr`` (0.5291772105638411 A); energies x ``ase.units.Hartree``
   (27.211386024367243 eV); forces = **minus** the gradient x Hartree/Bohr (JMP fixed this sign
@@ -91,10 +92,14 @@ def convert(source, out: Path, *, dataset: str = NAME, subset: str | None = None
                 g = f[name]
                 if not isinstance(g, h5py.Group):
                     raise InputError(f"expected a molecule group, found a {type(g).__name__}", path=path, field=name)
-                sub = C.h5_string(g, "subset", path) or _file_subset(path)
-                seen_subsets.add(sub)
-                if want is not None and want not in sub.lower():
-                    continue
+                if want is not None:
+                    sub = C.h5_string(g, "subset", path) or _file_subset(path)
+                    seen_subsets.add(sub)
+                    if want not in sub.lower():
+                        continue
+                if n_groups == 0:  # the writer labels every group alike; checking one costs ~0.6 ms
+                    for key, unit in UNITS.items():
+                        _check_units(g.get(key), path, f"{name}/{key}", unit)
                 n_groups += 1
                 _add_molecule(w, g, path, name, gi, limit)
             if w.n_structures == 0 and want is not None:
@@ -103,15 +108,14 @@ def convert(source, out: Path, *, dataset: str = NAME, subset: str | None = None
             for split, idx in C.fraction_split(w.n_structures, seed).items():
                 w.set_split(split, idx)
             w.extra["molecules"] = n_groups
-            w.extra["subsets"] = sorted(seen_subsets)
+            if want is not None:
+                w.extra["subsets_in_file"] = sorted(seen_subsets)
     return out
 
 
 def _add_molecule(w, g, path, name: str, gi: int, limit: int | None) -> None:
     z = C.check_atomic_numbers(C.h5_dataset(g, "atomic_numbers", path, kind="i", ndim=1), path, f"{name}/atomic_numbers")
     n = z.size
-    for key, want in UNITS.items():
-        _check_units(g.get(key), path, f"{name}/{key}", want)
     pos = C.h5_dataset(g, "conformations", path, ndim=3)
     C.check_shape(pos, (None, n, 3), path, f"{name}/conformations")
     m = pos.shape[0]
@@ -125,6 +129,6 @@ def _add_molecule(w, g, path, name: str, gi: int, limit: int | None) -> None:
     if limit is not None:
         m = min(m, limit - w.n_structures)
     C.add_frames(
-        w, z, pos[:m] * C.BOHR, energy=e[:m] * C.HARTREE, forces=-(grad[:m] * C.HARTREE_PER_BOHR),
-        targets=(ef[:m] * C.HARTREE)[:, None], cls=name, sid=gi, where=lambda i: f"group {name} conformer {i}",
+        w, z, C.f64(pos[:m]) * C.BOHR, energy=C.f64(e[:m]) * C.HARTREE, forces=-(C.f64(grad[:m]) * C.HARTREE_PER_BOHR),
+        targets=(C.f64(ef[:m]) * C.HARTREE)[:, None], cls=name, sid=gi, where=lambda i: f"group {name} conformer {i}",
     )
