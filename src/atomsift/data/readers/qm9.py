@@ -66,7 +66,19 @@ def jmp_split(n: int, seed: int = SPLIT_SEED, n_val: int = N_VAL, n_test: int = 
 
 
 def _hill(numbers: np.ndarray) -> str:
-    counts = np.bincount(numbers, minlength=10)
+    return _hill_counts(np.bincount(numbers, minlength=10))
+
+
+def _hill_labels(numbers: np.ndarray, natoms: np.ndarray) -> list[str]:
+    """The Hill formula of each molecule of a concatenated block (one formatting per stoichiometry)."""
+    counts = np.zeros((natoms.size, 10), dtype=np.int64)
+    np.add.at(counts, (np.repeat(np.arange(natoms.size), natoms), numbers), 1)
+    uniq, inv = np.unique(counts, axis=0, return_inverse=True)
+    labels = [_hill_counts(u) for u in uniq]
+    return [labels[k] for k in inv.reshape(-1)]
+
+
+def _hill_counts(counts: np.ndarray) -> str:
     parts = []
     # Hill order: C, H, then alphabetical; without carbon everything alphabetical
     order = (("C", 6), ("H", 1), ("F", 9), ("N", 7), ("O", 8)) if counts[6] else (("F", 9), ("H", 1), ("N", 7), ("O", 8))
@@ -79,6 +91,16 @@ def _hill(numbers: np.ndarray) -> str:
 
 def read_qm9pack(data_dir: Path, limit: int | None = None):
     """Yield (gdb_index, numbers, positions, targets-in-raw-units) from the qm9pack CSVs, in index order."""
+    index, numbers, pos, natoms, tvals = qm9pack_arrays(data_dir, limit)
+    offsets = np.concatenate([[0], np.cumsum(natoms)])
+    for i in range(len(natoms)):
+        a, b = offsets[i], offsets[i + 1]
+        yield int(index[i]), numbers[a:b], pos[a:b], tvals[i]
+
+
+def qm9pack_arrays(data_dir: Path, limit: int | None = None):
+    """The qm9pack CSVs as arrays in gdb index order: (index (M,), numbers (A,), positions (A, 3),
+    natoms (M,), targets in raw units (M, 12))."""
     import pandas as pd
 
     files = sorted(data_dir.glob("qm9_part*.csv"))
@@ -107,12 +129,7 @@ def read_qm9pack(data_dir: Path, limit: int | None = None):
     if numbers.size != natoms.sum():
         raise InputError("Elements and N_atoms disagree", path=data_dir, field="Elements")
     tvals = np.stack([df[_CSV_COLUMNS[t]].to_numpy(np.float64) for t in TARGETS], axis=1)
-    offsets = np.concatenate([[0], np.cumsum(natoms)])
-    pos = xyz.reshape(-1, 3)
-    index = df["Index"].to_numpy(np.int64)
-    for i in range(len(natoms)):
-        a, b = offsets[i], offsets[i + 1]
-        yield int(index[i]), numbers[a:b], pos[a:b], tvals[i]
+    return df["Index"].to_numpy(np.int64), numbers, xyz.reshape(-1, 3), natoms, tvals
 
 
 _FLOAT = re.compile(r"\*\^")
@@ -167,25 +184,33 @@ def read_xyz_release(source: Path, limit: int | None = None):
 
 def convert(source, out: Path, *, dataset: str = "qm9", seed: int | None = None, limit: int | None = None, **_ignored) -> Path:
     """Write the QM9 store at ``out`` from qm9pack (``source`` None) or the xyz release."""
-    if source is None:
-        src = qm9pack_dir()
-        molecules = read_qm9pack(src, limit)
-        label, sha = "qm9pack", None
-    else:
-        src = Path(source)
-        if not src.exists():
-            raise InputError("does not exist", path=src)
-        molecules = (read_qm9pack(src, limit) if any(src.glob("qm9_part*.csv")) else read_xyz_release(src, limit)) if src.is_dir() else read_xyz_release(src, limit)
-        label, sha = "xyz", None
+    src = qm9pack_dir() if source is None else Path(source)
+    if not src.exists():
+        raise InputError("does not exist", path=src)
+    csv = src.is_dir() and any(src.glob("qm9_part*.csv"))
+    label, sha = ("qm9pack" if csv else "xyz"), None
     factors = np.array([HARTREE if t in _HARTREE_TARGETS else 1.0 for t in TARGETS])
     with StoreWriter(
         out, dataset=dataset, source=src, reader=NAME, reader_version=VERSION, level_of_theory=LEVEL_OF_THEORY,
         target_names=TARGETS, target_units=TARGET_UNITS, has_energy=True, has_sid=True, energy_kind="total (U0)",
         source_sha256=sha, extra={"source_format": label, "split": f"JMP: RandomState({seed if seed is not None else SPLIT_SEED}) permutation, 10k val, 10k test"},
     ) as w:
-        for gdb, z, pos, t in molecules:
-            tv = t * factors
-            w.add(z, pos, energy=tv[TARGETS.index("U0")], targets=tv, cls=_hill(z), sid=gdb, where=f"molecule gdb {gdb}")
+        if csv:  # whole blocks at once: ~3x faster than one add per molecule
+            index, numbers, pos, natoms, tvals = qm9pack_arrays(src, limit)
+            tvals = tvals * factors
+            offsets = np.concatenate([[0], np.cumsum(natoms)])
+            labels = _hill_labels(numbers, natoms)
+            block = 8192
+            for s in range(0, natoms.size, block):
+                e = min(s + block, natoms.size)
+                a, b = offsets[s], offsets[e]
+                w.add_many(numbers[a:b], pos[a:b], natoms=natoms[s:e], energy=tvals[s:e, TARGETS.index("U0")],
+                           targets=tvals[s:e], cls=labels[s:e], sid=index[s:e],
+                           where=lambda k, s=s: f"molecule gdb {index[s + k]}")
+        else:
+            for gdb, z, pos, t in read_xyz_release(src, limit):
+                tv = t * factors
+                w.add(z, pos, energy=tv[TARGETS.index("U0")], targets=tv, cls=_hill(z), sid=gdb, where=f"molecule gdb {gdb}")
         for name, idx in jmp_split(w.n_structures, SPLIT_SEED if seed is None else seed).items():
             w.set_split(name, idx)
     return out
