@@ -444,3 +444,20 @@ def test_matbench_errors(tmp_path, capsys, case, needles):
     raw = gzip.compress(json.dumps(doc).encode())
     p.write_bytes(raw[: len(raw) // 2] if case == "truncated" else raw)
     _assert_one_line_error(capsys, ["prepare", "matbench", "--source", p, "--out", tmp_path / "o"], *needles, out=tmp_path / "o")
+
+
+def test_pickled_tensors_decode_without_torch_exactly():
+    """The numpy decoder of pickled tensors agrees with torch for every dtype and for strided views."""
+    import io
+
+    from atomsift.data.readers.oc import _Unpickler
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(5, 7, generator=g, dtype=torch.float64)
+    tensors = [base, base.float(), base.half(), (base * 100).long(), (base * 100).int(), (base * 10).short(),
+               (base * 10).to(torch.int8), (base.abs() * 10).to(torch.uint8), base > 0, base.t(), base[1:4, ::2],
+               torch.zeros(0, 3), torch.tensor(3.5)]
+    for t in tensors:
+        got = _Unpickler(io.BytesIO(pickle.dumps(t))).load()
+        assert isinstance(got, np.ndarray) and got.dtype == t.numpy().dtype and got.shape == tuple(t.shape)
+        np.testing.assert_array_equal(got, t.numpy())

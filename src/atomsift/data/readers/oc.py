@@ -180,14 +180,115 @@ class _PygState:
 _SAFE_BUILTINS = {"set", "frozenset", "slice", "complex", "bytearray", "range", "int", "float", "str", "list", "dict",
                   "tuple", "bool", "bytes", "object"}
 
+# Legacy torch storage class name -> numpy dtype (torch.save's non-zip format, used when a tensor is pickled)
+_STORAGE_DTYPES = {
+    "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16, "LongStorage": np.int64,
+    "IntStorage": np.int32, "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+
+
+_HEADERS: list[bytes] = []  # legacy-stream prefixes already checked (magic, protocol, little-endian info)
+
+
+class _StorageRef:
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+
+class _LegacyStorageUnpickler(pickle.Unpickler):
+    """Reads the pickles inside a legacy ``torch.save`` stream without torch."""
+
+    def find_class(self, module, name):
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return name
+        if module == "collections" and name == "OrderedDict":
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"unexpected {module}.{name} in a tensor storage")
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and pid and pid[0] == "storage" and pid[1] in _STORAGE_DTYPES):
+            raise pickle.UnpicklingError(f"unexpected storage id {pid!r}")
+        return _StorageRef(_STORAGE_DTYPES[pid[1]])
+
+
+def storage_from_bytes(raw: bytes):
+    """The 1-D numpy array of a pickled torch storage (``torch.storage._load_from_bytes``'s argument).
+
+    The payload is torch.save's legacy stream: pickled magic, protocol, system info, the storage
+    (a persistent id naming its type), the list of storage keys, then per storage an int64
+    element count and the raw little-endian bytes. Falls back to torch for anything else
+    (other storage types, big-endian writers), returning a torch storage.
+    """
+    try:
+        fh = io.BytesIO(raw)
+        up = _LegacyStorageUnpickler(fh)
+        for head in _HEADERS:  # magic, protocol and system info repeat verbatim: skip them
+            if raw.startswith(head):
+                fh.seek(len(head))
+                break
+        else:
+            up.load()  # magic number
+            up.load()  # protocol version
+            info = up.load()
+            if not isinstance(info, dict) or not info.get("little_endian", False):
+                raise ValueError("not a little-endian storage")
+            if len(_HEADERS) < 8:
+                _HEADERS.append(raw[: fh.tell()])
+        ref = up.load()
+        keys = up.load()
+        if not isinstance(ref, _StorageRef) or len(keys) != 1:
+            raise ValueError("not a single storage")
+        count = int(np.frombuffer(fh.read(8), dtype="<i8")[0])
+        dt = np.dtype(ref.dtype).newbyteorder("<")
+        data = fh.read(count * dt.itemsize)
+        if len(data) != count * dt.itemsize:
+            raise ValueError("storage data truncated")
+        return np.frombuffer(data, dtype=dt)
+    except (pickle.UnpicklingError, ValueError, EOFError, IndexError, TypeError, AttributeError):
+        import torch.storage
+
+        return torch.storage._load_from_bytes(raw)
+
+
+def rebuild_tensor(storage, offset, size, stride, *rest):
+    """``torch._utils._rebuild_tensor_v2`` for numpy storages: a strided copy; torch storages go to torch."""
+    if not isinstance(storage, np.ndarray):
+        import torch._utils
+
+        return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, *rest)
+    size, stride = tuple(int(x) for x in size), tuple(int(x) for x in stride)
+    n = 1
+    for x in size:
+        n *= x
+    contiguous, step = True, 1
+    for sz, st in zip(reversed(size), reversed(stride)):
+        if sz != 1 and st != step:
+            contiguous = False
+            break
+        step *= sz
+    if contiguous and offset + n <= storage.size:
+        return storage[offset:offset + n].reshape(size)
+    n_needed = offset + (sum((s - 1) * st for s, st in zip(size, stride)) + 1 if all(size) else 0)
+    if n_needed > storage.size:
+        raise pickle.UnpicklingError(f"tensor of shape {size} needs {n_needed} elements, storage has {storage.size}")
+    view = np.lib.stride_tricks.as_strided(storage[offset:], shape=size,
+                                           strides=tuple(st * storage.itemsize for st in stride))
+    return np.array(view)
+
 
 class _Unpickler(pickle.Unpickler):
-    """Unpickler for OC LMDB values: PyG classes become :class:`_PygState`; only torch, numpy and
-    plain containers may be constructed."""
+    """Unpickler for OC LMDB values: PyG classes become :class:`_PygState`; tensors become numpy
+    arrays (decoded here, without torch, when in the usual layout); only torch, numpy and plain
+    containers may otherwise be constructed."""
 
     def find_class(self, module, name):
         if module.split(".")[0] == "torch_geometric":
             return _PygState
+        if (module, name) == ("torch.storage", "_load_from_bytes"):
+            return storage_from_bytes
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return rebuild_tensor
         if module in ("builtins", "__builtin__"):
             if name in _SAFE_BUILTINS:
                 return super().find_class(module, name)
