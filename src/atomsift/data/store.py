@@ -402,7 +402,7 @@ class StoreWriter:
         b["tags"].append(tg.astype(np.int8))
         b["fixed"].append(fx)
         b["class_index"].append(ci)
-        self._elements[np.unique(z)] = True
+        self._elements[np.bincount(z, minlength=119)[:119] > 0] = True
         self._offsets.append(self._n_atoms + off[1:])
         self._n_atoms += n_at
         self._n += m

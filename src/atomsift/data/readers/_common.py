@@ -353,6 +353,9 @@ def greedy_group_split(sizes: Sequence[int], split_size: int, seed: int, names=(
 # ------------------------------------------------------------------------------------------ write
 
 
+ADD_BLOCK = 4096  # frames per StoreWriter.add_many call
+
+
 def add_frames(writer, numbers: np.ndarray, positions: np.ndarray, *, energy=None, forces=None, targets=None,
                cls: str | None = None, sid=None, where: Callable[[int], str] | None = None) -> None:
     """Add M frames of one molecule (``numbers`` (N,), ``positions`` (M, N, 3)) to ``writer``.
@@ -366,11 +369,19 @@ def add_frames(writer, numbers: np.ndarray, positions: np.ndarray, *, energy=Non
         return
     sids = None if sid is None else np.broadcast_to(np.asarray(sid, dtype=np.int64), (m,))
     if hasattr(writer, "add_many"):
-        writer.add_many(
-            np.tile(numbers, m), positions.reshape(m * n, 3), natoms=np.full(m, n, dtype=np.int64),
-            energy=energy, forces=None if forces is None else forces.reshape(m * n, 3),
-            targets=targets, cls=cls, sid=sids, where=where,
-        )
+        step = ADD_BLOCK
+        z_block = np.tile(np.asarray(numbers), min(m, step))
+        for a in range(0, m, step):  # blocks keep the writer's buffers (and our copies) bounded
+            b = min(a + step, m)
+            k = b - a
+            writer.add_many(
+                z_block[: k * n], positions[a:b].reshape(k * n, 3), natoms=np.full(k, n, dtype=np.int64),
+                energy=None if energy is None else energy[a:b],
+                forces=None if forces is None else forces[a:b].reshape(k * n, 3),
+                targets=None if targets is None else targets[a:b], cls=cls,
+                sid=None if sids is None else sids[a:b],
+                where=None if where is None else (lambda i, a=a: where(a + i)),
+            )
         return
     for i in range(m):
         writer.add(numbers, positions[i], energy=None if energy is None else energy[i],
