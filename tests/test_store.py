@@ -100,3 +100,62 @@ def test_manifest_records_provenance(tmp_path):
 def test_not_a_store(tmp_path):
     with pytest.raises(InputError, match="no manifest.json"):
         Store(tmp_path)
+
+
+def test_records_equal_the_raw_files_and_are_copies(tmp_path):
+    s = Store(_write(tmp_path / "s", n=5))
+    off = np.load(tmp_path / "s" / "offsets.npy")
+    pos = np.load(tmp_path / "s" / "positions.npy")
+    for i in range(5):
+        r = s[i]
+        np.testing.assert_array_equal(r.positions, pos[off[i]:off[i + 1]])
+        assert r.numbers.dtype == np.int64 and r.tags.dtype == np.int64
+    r = s[2]
+    r.positions[:] = 99.0
+    r.forces[:] = 99.0
+    assert not np.any(s[2].positions == 99.0) and not np.any(s[2].forces == 99.0)
+    assert s[-1].index == 4 and s.subset([4, 0])[1].index == 0
+    with pytest.raises(IndexError):
+        s[5]
+
+
+def test_tags_outside_int8_are_rejected(tmp_path):
+    with pytest.raises(InputError, match=r"field 'tags': structure 0: tag 300 outside -128..127"):
+        with StoreWriter(tmp_path / "t", dataset="toy", source="x.traj", reader="test") as w:
+            w.add([1, 1], [[0, 0, 0], [0, 0, 1]], tags=[0, 300])
+    with pytest.raises(InputError, match=r"field 'tags': structure 1: tag -200 outside"):
+        with StoreWriter(tmp_path / "t", dataset="toy", source="x.traj", reader="test") as w:
+            w.add_many([1, 1, 1], np.zeros((3, 3)), natoms=[1, 2], tags=[0, 1, -200])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_write_removes_the_parents_it_made(tmp_path):
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(InputError):
+        with StoreWriter(tmp_path / "kept" / "a" / "b" / "s", dataset="toy", source="x", reader="test") as w:
+            w.add([0], [[0, 0, 0]])
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and list((tmp_path / "kept").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "damage,msg",
+    [
+        (lambda d: (d / "manifest.json").write_text("[1, 2]"), "not a JSON object"),
+        (lambda d: (d / "manifest.json").write_text(json.dumps({**json.loads((d / "manifest.json").read_text()), "format_version": 2})), "unsupported format_version 2"),
+        (lambda d: (d / "manifest.json").write_text(json.dumps({k: v for k, v in json.loads((d / "manifest.json").read_text()).items() if k != "fields"})), "field 'fields': missing from the manifest"),
+        (lambda d: (d / "positions.npy").write_bytes((d / "positions.npy").read_bytes()[:300]), "positions.npy: unreadable store array"),
+        (lambda d: np.save(d / "energy.npy", np.zeros(3)), "energy.npy: has (3,) rows, the manifest says 5"),
+    ],
+)
+def test_damaged_store_is_a_one_line_error(tmp_path, damage, msg):
+    d = _write(tmp_path / "s", n=5)
+    damage(d)
+    with pytest.raises(InputError) as ei:
+        s = Store(d)
+        s[0]
+    assert msg in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_missing_store_path(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        Store(tmp_path / "nope")
