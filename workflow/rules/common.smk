@@ -2,22 +2,25 @@
 # The grid expansion and the results/ layout live in atomsift.report.grid (tested there and
 # shared with the report builders); this file only binds them to the loaded config.
 
+import os
 import re
 import shlex
+import sys
 
-from snakemake.exceptions import WorkflowError
 
 from atomsift.errors import InputError
 from atomsift.report import grid as G
 
-CONFIG_SOURCE = ", ".join(workflow.overwrite_configfiles) or "config.yaml"
+CONFIG_SOURCE = ", ".join(os.path.relpath(f) for f in workflow.overwrite_configfiles) or "config.yaml"
 
 # validate() with a one-line message naming the field (snakemake.utils.validate dumps the
 # whole schema); the code reads optional keys with their schema defaults.
 try:
     G.validate_config(config, workflow.source_path("../schemas/config.schema.yaml"), CONFIG_SOURCE)
 except InputError as err:
-    raise WorkflowError(f"invalid configuration: {err}") from None
+    # one line, no traceback: the message names the file and the field
+    print(f"invalid configuration: {err}", file=sys.stderr)
+    sys.exit(1)
 
 GENERATED = [d for d, s in config["datasets"].items() if "generate" in s]
 PREPARED = [d for d, s in config["datasets"].items() if "prepare" in s]
@@ -126,7 +129,7 @@ def final_outputs():
 
 
 def reproduce_command():
-    files = "".join(f" --configfile {f}" for f in workflow.overwrite_configfiles)
+    files = "".join(f" --configfile {os.path.relpath(f)}" for f in workflow.overwrite_configfiles)
     return f"snakemake --cores all{files}"
 
 

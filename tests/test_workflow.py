@@ -1,0 +1,331 @@
+"""The Snakemake grid: dry runs (job counts per rule), schema errors, the DAG's wiring end to end.
+
+Every workflow run happens in a scratch directory that links the Snakefile, workflow/ and the
+configs, so results/ of the checkout is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from atomsift.errors import InputError
+from atomsift.report import grid as G
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or shutil.which("snakemake")
+SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
+
+pytestmark = pytest.mark.skipif(SNAKEMAKE is None, reason="snakemake is not installed")
+
+
+def workdir(tmp: Path, config: dict | None = None) -> Path:
+    """A scratch working directory with the workflow linked in (and config.yaml, or ``config``)."""
+    for name in ("Snakefile", "workflow", "envs", "profiles"):
+        (tmp / name).symlink_to(ROOT / name)
+    if config is None:
+        (tmp / "config.yaml").symlink_to(ROOT / "config.yaml")
+    else:
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    return tmp
+
+
+def snakemake(cwd: Path, *args, env=None, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def job_counts(stdout: str) -> dict[str, int]:
+    """Parse the 'Job stats' table of a dry run."""
+    block = stdout.split("Job stats:", 1)[1]
+    counts = {}
+    for line in block.splitlines()[3:]:
+        m = re.match(r"^(\S+)\s+(\d+)$", line.strip())
+        if not m:
+            break
+        counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# dry runs
+
+
+def test_paper_grid_dry_run_lists_the_paper_jobs(tmp_path):
+    """Counts derived by hand from workflow/configs/paper.yaml (see the comments)."""
+    wd = workdir(tmp_path)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    res = snakemake(wd, "-n", "--configfile", "workflow/configs/paper.yaml")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert res.returncode == 0, res.stderr[-3000:]
+    counts = job_counts(res.stdout)
+    # pretraining: Table 1 (6 upstreams at 2Mx5, S) + Table 2 (4 singles at 1M, 3M: +8)
+    # + Table 3 (4 singles, L: +4) + Table 5 (4 singles at 1Mx10: +4) + Fig. 1's JMP-budget
+    # Mixed (Temp) (+1) + Fig. 4's ANI-1x + OC22 at 3Mx5 (+1); Table 4 and the mixed-small
+    # extractor reuse Table 1's runs.
+    assert counts["pretrain"] == 24
+    assert counts["pretrain_run"] == 24
+    # finetuning cells x 3 seeds: T1 7 rows x 4 tasks (28) + T2 8 new rows x 4 (32)
+    # + T3 5 rows (with the L baseline) x 4 (20) + T4 7 rows x 3 OOD tasks (21)
+    # + T5 4 new rows x 4 (16) + Fig. 1 baseline x 4 (4) + Fig. 4 mixture x 4 (4) = 125
+    assert counts["finetune"] == 125 * 3
+    # run files: (task, backbone, seed): 4 ID tasks x {S, L} + 3 OOD tasks x S, x 3 seeds
+    assert counts["finetune_run"] == (4 * 2 + 3) * 3
+    # 10 datasets prepared; all but QM9 (from its wheel) downloaded first
+    assert counts["prepare"] == 10 and counts["download"] == 9
+    assert "generate" not in counts
+    # moments: jmp-s: 4 upstreams x (balanced flat, balanced mean, random flat) = 12,
+    # downstream random sampling: 6 datasets flat + 4 ID datasets mean = 10;
+    # mixed-small: 4 upstreams + 4 ID datasets, balanced/random flat = 8
+    assert counts["moments"] == 12 + 10 + 8
+    assert counts["csi_part"] == 5 and counts["csi_table"] == 2 and counts["csi_figure"] == 5
+    assert counts["coverage"] == 4 and counts["coverage_figure"] == 1
+    assert counts["table"] == 5 and counts["figure"] == 2 and counts["report"] == 1
+    assert counts["report_spec"] == 5 + 2 + 1
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    assert cpu < 5.0, f"paper dry run used {cpu:.1f} s of CPU"
+
+
+def test_embedded_dry_run_matches_the_grid_expansion(tmp_path):
+    """Snakemake's DAG (built from file patterns) asks for exactly the jobs the grid expands to."""
+    wd = workdir(tmp_path)
+    res = snakemake(wd, "-n")
+    assert res.returncode == 0, res.stderr[-3000:]
+    counts = job_counts(res.stdout)
+    config = load(ROOT / "config.yaml")
+    assert counts["finetune"] == len(G.all_cells(config))
+    assert counts["pretrain"] == len(G.pretrain_runs(config))
+    assert counts["moments"] == len(G.moments_needed(config))
+    assert counts["generate"] == 7 and counts["prepare"] == 1 and "download" not in counts
+    assert counts["table"] == 5
+    assert counts["csi_figure"] == 5 and counts["figure"] == 2 and counts["coverage_figure"] == 1
+    # the no-pretraining baseline is a row of every table, for every finetuning seed
+    seeds = config["finetune"]["seeds"]
+    for table, spec in config["tables"].items():
+        cells = G.table_cells(config, table)
+        for task in spec["tasks"]:
+            assert {c.seed for c in cells if c.upstream == "none" and c.task == task} == set(seeds)
+
+
+def test_default_targets_cover_every_table_figure_and_the_report():
+    config = load(ROOT / "config.yaml")
+    assert G.figures(config) == ["fig1", "fig3", "fig4", "fig5", "fig6", "fig7", "fig8", "fig9"]
+    assert sorted(config["tables"]) == ["table1", "table2", "table3", "table4", "table5"]
+
+
+def test_a_single_target_builds_only_its_inputs(tmp_path):
+    wd = workdir(tmp_path)
+    res = snakemake(wd, "-n", "results/table2.csv")
+    assert res.returncode == 0, res.stderr[-3000:]
+    counts = job_counts(res.stdout)
+    config = load(ROOT / "config.yaml")
+    assert counts["finetune"] == len(G.table_cells(config, "table2"))
+    assert "report" not in counts and "moments" not in counts
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration errors
+
+
+@pytest.mark.parametrize(
+    "edit, field, words",
+    [
+        (lambda c: c["tables"]["table1"]["budgets"].__setitem__(0, "1000*5"), "tables.table1.budgets[0]", "budget N x E"),
+        (lambda c: c.__setitem__("tabels", {}), "(top level)", "unknown key 'tabels'"),
+        (lambda c: c["tables"]["table1"]["upstreams"].append("ani-1x"), "tables.table1.upstreams", "unknown upstream 'ani-1x'"),
+        (lambda c: c["tasks"]["qm9"].__setitem__("kind", "in"), "tasks.qm9.kind", "'in' is not one of id, ood"),
+        (lambda c: c["upstreams"]["mixed-balanced"]["mix"].__setitem__("oc22", 0.5), "upstreams.mixed-balanced.mix", "sum to 1.25"),
+        (lambda c: c["finetune"].__setitem__("seeds", []), "finetune.seeds", "should be non-empty"),
+    ],
+)
+def test_config_errors_name_the_file_and_field(edit, field, words):
+    config = load(ROOT / "config.yaml")
+    edit(config)
+    with pytest.raises(InputError) as err:
+        G.validate_config(config, str(SCHEMA), "my.yaml")
+    msg = str(err.value)
+    assert msg.startswith(f"my.yaml: field '{field}': "), msg
+    assert words in msg
+    assert "\n" not in msg
+
+
+def test_both_shipped_configs_are_valid():
+    for path in (ROOT / "config.yaml", ROOT / "workflow/configs/paper.yaml", ROOT / "workflow/configs/ci.yaml"):
+        G.validate_config(load(path), str(SCHEMA), str(path))
+
+
+def test_snakemake_stops_on_a_typo_with_one_clear_message(tmp_path):
+    config = load(ROOT / "config.yaml")
+    config["tables"]["table2"]["budgets"] = ["500x5", "1000 x 5"]
+    wd = workdir(tmp_path, config)
+    res = snakemake(wd, "-n")
+    assert res.returncode != 0
+    expected = ("invalid configuration: config.yaml: field 'tables.table2.budgets[1]': '1000 x 5' is not valid: "
+                "a budget N x E such as 2000000x5 (structures x epochs)")
+    assert res.stderr.strip() == expected
+    assert "Traceback" not in res.stdout
+    assert not (wd / "results").exists()
+
+
+def test_configfile_replaces_the_embedded_config(tmp_path):
+    """--configfile must not be merged into config.yaml (the paper grid has no generated data)."""
+    wd = workdir(tmp_path)
+    res = snakemake(wd, "-n", "--configfile", "workflow/configs/ci.yaml")
+    assert res.returncode == 0, res.stderr[-3000:]
+    counts = job_counts(res.stdout)
+    assert counts["generate"] == 3  # ci.yaml's three analogs, not config.yaml's seven
+
+
+# ---------------------------------------------------------------------------------------------
+# the DAG end to end with stand-in verbs (wiring, run files, report verbs; no training)
+
+FAKE = r'''#!{python}
+"""Stand-in for the compute verbs: writes outputs of the documented shapes, deterministically."""
+import csv, json, os, sys, zlib
+from pathlib import Path
+
+args = sys.argv[1:]
+verb = args[0]
+with open(os.environ["FAKE_ATOMSIFT_LOG"], "a") as fh:
+    fh.write(" ".join(args) + "\n")
+
+def opt(name, default=None):
+    return args[args.index(name) + 1] if name in args else default
+
+def opts(name):
+    return [args[i + 1] for i, a in enumerate(args) if a == name]
+
+QUALITY = {{"ani1x": 0.6, "transition1x": 0.8, "oc20": 1.1, "oc22": 1.2, "mixed-balanced": 0.75,
+            "mixed-temp": 0.9, "ani1x-oc22": 0.8, "none": 1.0}}
+CSI = {{"ani1x": 1.0, "transition1x": 3.0, "oc20": 40.0, "oc22": 60.0}}
+
+if verb in ("generate", "prepare"):
+    out = Path(opt("--out")); out.mkdir(parents=True)
+    (out / "manifest.json").write_text(json.dumps({{"dataset": args[1]}}))
+elif verb == "pretrain":
+    run = __import__("yaml").safe_load(open(opt("--config")))
+    out = Path(opt("--out")); out.mkdir(parents=True, exist_ok=True)
+    (out / "model.pt").write_text("fake")
+    seen = {{k: int(run["n_structures"] * run["epochs"] / len(run["upstream"]["stores"])) for k in run["upstream"]["stores"]}}
+    (out / "metrics.json").write_text(json.dumps({{"structures_seen": seen}}))
+elif verb == "finetune":
+    run = __import__("yaml").safe_load(open(opt("--config")))
+    out = Path(opt("--out")); out.mkdir(parents=True, exist_ok=True)
+    upstream = out.parts[-4]
+    noise = (zlib.crc32(f"{{run['task']}}{{run['seed']}}".encode()) % 100) / 1000
+    (out / "metrics.json").write_text(json.dumps({{"test_mae": 10 * QUALITY[upstream] + noise, "pretrained": opt("--pretrained")}}))
+elif verb == "moments":
+    Path(opt("--out")).write_text(json.dumps({{"store": opt("--store"), "extractor": opt("--extractor")}}))
+elif verb == "coverage":
+    Path(opt("--out")).write_text(json.dumps({{"dataset": "x", "random": 1, "balanced": 2, "total_classes": 2}}))
+elif verb == "csi-table":
+    rows = []
+    for u in opts("--upstream"):
+        for d in opts("--downstream"):
+            m = json.loads(Path(d.split("=", 1)[1]).read_text())
+            parts = Path(u.split("=", 1)[1]).parts
+            sampling, agg = parts[-1][:-4].split("-")
+            rows.append([parts[-3], sampling, agg, u.split("=")[0], d.split("=")[0], CSI[u.split("=")[0]], 0])
+    with open(opt("--out"), "w", newline="") as fh:
+        w = csv.writer(fh); w.writerow(["extractor", "sampling", "agg", "upstream", "downstream", "csi", "seed"]); w.writerows(rows)
+elif verb == "csi-figure":
+    Path(opt("--out")).write_bytes(b"\x89PNG fake")
+else:
+    from atomsift.cli import main
+    sys.exit(main(args))
+'''
+
+
+def fake_env(tmp: Path) -> dict:
+    bindir = tmp / "fakebin"
+    bindir.mkdir()
+    exe = bindir / "atomsift"
+    exe.write_text(FAKE.format(python=sys.executable))
+    exe.chmod(0o755)
+    env = dict(os.environ)
+    env["PATH"] = f"{bindir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["FAKE_ATOMSIFT_LOG"] = str(tmp / "calls.txt")
+    return env
+
+
+@pytest.mark.slow
+def test_dag_runs_end_to_end_with_stand_in_verbs(tmp_path):
+    (tmp_path / "wd").mkdir()
+    wd = workdir(tmp_path / "wd")
+    env = fake_env(tmp_path)
+    res = snakemake(wd, "--cores", "2", "--configfile", "workflow/configs/ci.yaml", env=env)
+    assert res.returncode == 0, (res.stderr[-4000:], (wd / "results/logs").exists() and
+                                 [p.read_text()[-800:] for p in (wd / "results/logs").rglob("*.log") if p.stat().st_size])
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    # pretraining run files follow docs/training.md
+    run = load(wd / "results/runs/pretrain/mixed-balanced/40x1/tiny.yaml")
+    assert run["upstream"] == {"stores": {"ani1x": "results/data/ani1x", "oc20": "results/data/oc20"},
+                               "mixture": "proportions", "proportions": {"ani1x": 0.5, "oc20": 0.5}}
+    assert (run["size"], run["n_structures"], run["epochs"]) == ("tiny", 40, 1)
+    ft = load(wd / "results/runs/finetune/qm9/tiny/s0.yaml")
+    assert ft["task"] == "qm9" and ft["target"] == "U0" and ft["store"] == "results/data/qm9" and ft["epochs"] == 1
+    # the baseline is finetuned from scratch, the others from their checkpoint
+    assert any(c.startswith("finetune") and "--pretrained none --out results/finetune/rmd17/none/none/tiny/s0" in c for c in calls)
+    assert any("--pretrained results/pretrain/oc20/40x1/tiny/model.pt --out results/finetune/qm9/oc20/40x1/tiny/s0" in c
+               for c in calls)
+    # the DAG-pretrained extractor is used by path
+    assert any(c.startswith("moments") and "--extractor results/pretrain/mixed-balanced/40x1/tiny/model.pt" in c for c in calls)
+    # every target exists, each rule logged
+    for f in ("table1.csv", "table1.md", "csi/random-tiny-0.csv", "csi/mixed-tiny.csv", "figures/fig1.png",
+              "figures/fig3.png", "figures/fig8.png", "figures/fig9.png", "report.md"):
+        assert (wd / "results" / f).is_file(), f
+    assert (wd / "results/logs/finetune/qm9/none/none/tiny/s0.log").exists()
+    assert (wd / "results/benchmarks/pretrain/ani1x/40x1/tiny.tsv").exists()
+    # the table: rows in the paper's order, baseline last, the stand-in's MAE values
+    lines = (wd / "results/table1.csv").read_text().splitlines()
+    assert lines[0] == "budget,N,E,C,upstream,backbone,rmd17,qm9"
+    assert [ln.split(",")[4] for ln in lines[1:]] == ["ani1x", "oc20", "mixed-balanced", "none"]
+    report = (wd / "results/report.md").read_text()
+    assert "The lowest-CSI upstream gave the lowest finetuned MAE on 2 of 2 task(s)." in report
+    assert f"hash `{G.config_hash(load(ROOT / 'workflow/configs/ci.yaml'))}`" in report
+    assert "reproduce: `snakemake --cores all --configfile workflow/configs/ci.yaml`" in report
+    # nothing to do the second time
+    again = snakemake(wd, "--cores", "2", "--configfile", "workflow/configs/ci.yaml", env=env)
+    assert again.returncode == 0
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# a real local run (needs every verb): a table and a figure
+
+
+def _verbs_available() -> bool:
+    from atomsift.cli import build_parser
+
+    choices = build_parser()._subparsers._group_actions[0].choices
+    return all(v in choices for v in ("generate", "pretrain", "finetune", "moments", "csi-table", "csi-figure"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(not _verbs_available(), reason="the training / data verbs are not installed")
+def test_local_end_to_end_run_makes_a_table_and_a_figure(tmp_path):
+    wd = workdir(tmp_path)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    res = snakemake(wd, "--cores", "2", "--configfile", "workflow/configs/ci.yaml",
+                    "results/table1.csv", "results/figures/fig3.png", env=env, timeout=590)
+    logs = sorted((wd / "results/logs").rglob("*.log")) if (wd / "results/logs").exists() else []
+    assert res.returncode == 0, (res.stderr[-3000:], [(str(p), p.read_text()[-1500:]) for p in logs if "Error" in p.read_text()])
+    lines = (wd / "results/table1.csv").read_text().splitlines()
+    assert [ln.split(",")[4] for ln in lines[1:]] == ["ani1x", "oc20", "mixed-balanced", "none"]
+    values = [float(v) for ln in lines[1:] for v in ln.split(",")[6:]]
+    assert all(v > 0 for v in values)
+    assert (wd / "results/figures/fig3.png").read_bytes()[:4] == b"\x89PNG"
