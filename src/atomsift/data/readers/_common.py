@@ -105,11 +105,11 @@ def _h5_open(group, key: str, path, required: bool):
     raise InputError("cannot open the dataset", path=path, field=h5_field(group, key))
 
 
-def _h5_read(did, group, key: str, path) -> np.ndarray:
+def _h5_read(did, group, key: str, path, shape=None, dtype=None) -> np.ndarray:
     import h5py
 
-    try:
-        arr = np.empty(did.shape, dtype=did.dtype)
+    try:  # shape and dtype each cost an HDF5 call: pass them when known
+        arr = np.empty(did.shape if shape is None else shape, dtype=did.dtype if dtype is None else dtype)
         did.read(h5py.h5s.ALL, h5py.h5s.ALL, arr)
     except (OSError, RuntimeError, ValueError, TypeError) as exc:  # truncated data blocks, bad filters
         raise InputError(f"cannot read ({one_line(exc)})", path=path, field=h5_field(group, key)) from None
@@ -138,7 +138,7 @@ def h5_dataset(group, key: str, path, *, kind: str = "f", ndim: int | None = Non
         if len(dshape) != len(shape) or any(s is not None and s != t for s, t in zip(shape, dshape)):
             want = fmt_shape(shape)
             raise InputError(f"expected shape {want}, got {dshape}", path=path, field=h5_field(group, key))
-    return _h5_read(did, group, key, path)
+    return _h5_read(did, group, key, path, dshape, dtype)
 
 
 def h5_string(group, key: str, path, *, required: bool = False) -> str | None:
