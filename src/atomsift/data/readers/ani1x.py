@@ -52,9 +52,12 @@ LEVELS = {
 def _forces_key(f, first, energy_key: str, forces_key: str | None) -> str | None:
     if forces_key is not None:
         return None if forces_key.lower() == "none" else forces_key
+    import h5py
+
     method = energy_key.rsplit(".", 1)[0]
     candidate = f"{method}.forces"
-    return candidate if candidate in f[first] else None
+    group = f[first]
+    return candidate if isinstance(group, h5py.Group) and candidate in group else None
 
 
 def convert(source, out: Path, *, dataset: str = NAME, subset=None, energy_key: str | None = None,
