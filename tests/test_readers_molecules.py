@@ -548,10 +548,11 @@ def test_bench_prepare_runs(tmp_path):
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    res = subprocess.run([sys.executable, str(root / "bench" / "prepare.py"), "--n", "300", "--json", "--tmp", str(tmp_path)],
+    mine = ["ani1x", "transition1x", "rmd17", "md22", "spice"]
+    res = subprocess.run([sys.executable, str(root / "bench" / "prepare.py"), *mine, "--n", "300", "--json", "--tmp", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
     got = {r["dataset"]: r["structures"] for r in data["results"]}
-    for name in ("ani1x", "transition1x", "rmd17", "md22", "spice"):
+    for name in mine:
         assert got[name] >= 250, got
