@@ -159,3 +159,26 @@ def test_damaged_store_is_a_one_line_error(tmp_path, damage, msg):
 def test_missing_store_path(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         Store(tmp_path / "nope")
+
+
+def test_refuses_to_replace_what_is_not_a_store(tmp_path):
+    precious = tmp_path / "docs"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    with pytest.raises(InputError, match="exists and is not an atomsift store; refusing to replace it"):
+        _write(precious)
+    afile = tmp_path / "f.txt"
+    afile.write_text("x")
+    with pytest.raises(InputError, match="refusing"):
+        _write(afile)
+    assert (precious / "thesis.tex").read_text() == "years of work" and afile.read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs", "f.txt"]
+    (tmp_path / "empty").mkdir()
+    assert len(Store(_write(tmp_path / "empty"))) == 5  # an empty directory may be filled
+
+
+def test_output_that_cannot_be_created(tmp_path):
+    f = tmp_path / "f.txt"
+    f.write_text("x")
+    with pytest.raises(InputError, match="cannot create the output directory"):
+        StoreWriter(f / "sub" / "s", dataset="toy", reader="test")

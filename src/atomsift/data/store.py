@@ -175,10 +175,14 @@ class StoreWriter:
         self._buf: dict[str, list] = {}
         self._closed = False
         # parents made here are removed again on abort: a failed write leaves no trace
+        _check_replaceable(self.out)
         self._made_parents = [p for p in self.out.parents if not p.exists()]
-        self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.out.parent / f".{self.out.name}.tmp-{uuid.uuid4().hex[:8]}"
-        self.tmp.mkdir()
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp.mkdir()
+        except OSError as exc:
+            raise InputError(f"cannot create the output directory ({exc.strerror or exc})", path=self.out) from None
         fields = list(_ALWAYS)
         if has_energy:
             fields.append("energy")
@@ -528,8 +532,25 @@ class StoreWriter:
         return a
 
 
+def _check_replaceable(out: Path) -> None:
+    """Refuse to overwrite anything but a store or an empty directory (``--out ~`` must not delete ~)."""
+    if not (out.exists() or out.is_symlink()):
+        return
+    if out.is_dir() and not out.is_symlink():
+        try:
+            manifest = json.loads((out / "manifest.json").read_text())
+            if isinstance(manifest, dict) and manifest.get("format") == FORMAT_NAME:
+                return
+        except (OSError, ValueError):
+            pass
+        if not any(out.iterdir()):
+            return
+    raise InputError("exists and is not an atomsift store; refusing to replace it (remove it or choose another --out)", path=out)
+
+
 def _publish(tmp: Path, out: Path) -> None:
     """Replace ``out`` by ``tmp`` with renames only (the old store vanishes as one step)."""
+    _check_replaceable(out)
     if out.exists() or out.is_symlink():
         trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
         os.rename(out, trash)
