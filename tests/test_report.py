@@ -1,0 +1,299 @@
+"""Report builders: tables in the paper's layout, Figs. 1/4, the report, published numbers, profiles."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from atomsift.cli import main
+from atomsift.errors import InputError
+from atomsift.report import figures, grid as G, published, report, tables
+from atomsift.report.profiles import install
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = Path("/work/shared/reference/PAPER.md")
+
+
+def paper_config() -> dict:
+    return yaml.safe_load((ROOT / "workflow/configs/paper.yaml").read_text())
+
+
+def write_metrics(root: Path, cells: list[dict], value) -> list[dict]:
+    """Write metrics.json for each cell under ``root`` with MAE ``value(cell)``; return the cells re-pointed."""
+    out = []
+    for c in cells:
+        path = root / c["metrics"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"test_mae": value(c)}))
+        out.append({**c, "metrics": str(path)})
+    return out
+
+
+def synthetic(c: dict) -> float:
+    """MAE = a per-upstream level + a per-seed offset (+0.5 on QM9): exact means are known."""
+    level = {"ani1x": 5.0, "transition1x": 10.0, "oc20": 14.0, "oc22": 16.0, "mixed-balanced": 9.0,
+             "mixed-temp": 11.0, "ani1x-oc22": 7.0, "none": 12.0}[c["upstream"]]
+    return level + {0: -1.0, 1: 0.0, 2: 1.0}[c["seed"]] + (0.5 if c["task"] == "qm9" else 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# tables
+
+
+def test_table1_has_the_paper_layout(tmp_path):
+    config = paper_config()
+    spec = G.table_spec(config, "table1")
+    spec["cells"] = write_metrics(tmp_path, spec["cells"], synthetic)
+    csv_path, md_path = tables.write_table(spec, tmp_path / "table1.csv")
+    rows = list(csv.reader(csv_path.open()))
+    # columns: the budget, then upstream/backbone, then the paper's four ID tasks in its order
+    assert rows[0] == ["budget", "N", "E", "C", "upstream", "backbone", "rmd17", "md22", "spice", "qm9"]
+    # rows: the paper's upstream order, then the no-pretraining baseline
+    assert [r[4] for r in rows[1:]] == ["ani1x", "transition1x", "oc20", "oc22", "mixed-balanced", "mixed-temp", "none"]
+    assert rows[1][:6] == ["2000000x5", "2000000", "5", "10000000", "ani1x", "small"]
+    assert rows[-1][:6] == ["none", "", "", "", "none", "small"]
+    # values: the mean over seeds 0, 1, 2 (offsets -1, 0, +1 cancel)
+    assert [float(v) for v in rows[1][6:]] == [5.0, 5.0, 5.0, 5.5]
+    assert [float(v) for v in rows[-1][6:]] == [12.0, 12.0, 12.0, 12.5]
+    md = md_path.read_text()
+    assert "| Budget | Upstream | Backbone | rMD17 (meV/Å) | MD22 (meV/Å) | SPICE (meV/Å) | QM9 (meV) |" in md
+    # the best pretrained row of the block is bold, with the seeds' sample sd (1.0)
+    assert "| N=2M, E=5 (C=10,000,000) | ANI-1x | small | **5.00 ± 1.00** |" in md
+    assert "| - | no pretraining | small | 12.0 ± 1.00 |" in md
+
+
+def test_table2_blocks_follow_the_budgets_in_order(tmp_path):
+    spec = G.table_spec(paper_config(), "table2")
+    spec["cells"] = write_metrics(tmp_path, spec["cells"], synthetic)
+    header, rows, stats = tables.build(spec)
+    assert [(r[0], r[4]) for r in rows[:5]] == [("1000000x5", u) for u in ("ani1x", "transition1x", "oc20", "oc22")] + [("2000000x5", "ani1x")]
+    assert len(rows) == 3 * 4 + 1
+    # paired comparison against the baseline: ANI-1x beats it on every seed by 7/12 on average
+    s = stats[("rmd17", "ani1x", "1000000x5", "small")]
+    assert s["vs_baseline"]["wins"] == 3 and s["vs_baseline"]["n"] == 3
+    expected = [100 * (5 + d - (12 + d)) / (12 + d) for d in (-1, 0, 1)]
+    assert math.isclose(s["vs_baseline"]["rel_mean"], sum(expected) / 3)
+
+
+def test_table4_marks_omitted_columns(tmp_path):
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    spec = G.table_spec(config, "table4")
+    spec["cells"] = write_metrics(tmp_path, spec["cells"], synthetic)
+    _, md = tables.write_table(spec, tmp_path / "t4.csv")
+    text = md.read_text()
+    assert "Column qmof left out: QMOF (band gap): no mini-universe analog." in text
+    assert "Column matbench left out" in text
+
+
+def test_missing_or_bad_metrics_are_one_line_errors(tmp_path):
+    bad = tmp_path / "m.json"
+    bad.write_text('{"test_mae": "NaN"}')
+    with pytest.raises(InputError, match=r"m.json: field 'test_mae': not a finite number: 'NaN'"):
+        tables.read_mae(bad)
+    bad.write_text('{"val_mae": 1}')
+    with pytest.raises(InputError, match="no test MAE"):
+        tables.read_mae(bad)
+    bad.write_text("{")
+    with pytest.raises(InputError, match="not valid JSON"):
+        tables.read_mae(bad)
+    nested = tmp_path / "n.json"
+    nested.write_text('{"test": {"mae": 3.25}}')
+    assert tables.read_mae(nested) == 3.25
+
+
+def test_table_verb_end_to_end(tmp_path, capsys):
+    spec = G.table_spec(paper_config(), "table5")
+    spec["cells"] = write_metrics(tmp_path, spec["cells"], synthetic)
+    spec_path = tmp_path / "t5.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    assert main(["table", "--config", str(spec_path), "--out", str(tmp_path / "out/table5.csv")]) == 0
+    assert (tmp_path / "out/table5.md").exists()
+    assert not list((tmp_path / "out").glob(".*tmp*"))
+    (tmp_path / spec["cells"][0]["metrics"]).unlink()
+    assert main(["table", "--config", str(spec_path), "--out", str(tmp_path / "x.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "metrics file does not exist" in err[0]
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_merge_csi_checks_columns(tmp_path):
+    a = tmp_path / "a.csv"
+    b = tmp_path / "b.csv"
+    a.write_text("extractor,sampling,agg,upstream,downstream,csi,seed\ne,balanced,flat,ani1x,qm9,1.5,0\n")
+    b.write_text("extractor,sampling,agg,upstream,downstream,csi,seed\ne,balanced,mean,ani1x,qm9,0.5,0\n")
+    assert tables.merge_csi([a, b], tmp_path / "m.csv") == 2
+    assert len((tmp_path / "m.csv").read_text().splitlines()) == 3
+    b.write_text("upstream,csi\nx,1\n")
+    with pytest.raises(InputError, match="b.csv: field 'header'"):
+        tables.merge_csi([a, b], tmp_path / "m2.csv")
+
+
+# ---------------------------------------------------------------------------------------------
+# CSI verdicts, Spearman, figures, report
+
+
+def test_spearman_matches_scipy():
+    from scipy.stats import spearmanr
+
+    cases = [([1, 2, 3, 4], [10, 20, 30, 40]), ([1, 2, 3, 4], [4, 3, 2, 1]), ([0.3, 2.4, 79, 9], [5, 7, 6, 9]),
+             ([1, 1, 2, 3], [3, 1, 2, 2])]
+    for x, y in cases:
+        assert math.isclose(report.spearman(x, y), spearmanr(x, y).statistic, abs_tol=1e-12)
+    assert math.isnan(report.spearman([1, 1, 1], [1, 2, 3]))
+
+
+def _csi_table(path: Path, values: dict, extractor="jmp-s", sampling="balanced", agg="flat", tasks=()):
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["extractor", "sampling", "agg", "upstream", "downstream", "csi", "seed"])
+        for t in tasks:
+            for u, v in values.items():
+                w.writerow([extractor, sampling, agg, u, t, v, 0])
+                # a row of another aggregation that must be ignored
+                w.writerow([extractor, sampling, "mean", u, t, 1000 - v, 0])
+
+
+def test_fig1_picks_the_lowest_csi_upstream_and_the_compute_ratio(tmp_path):
+    config = paper_config()
+    spec = G.figure_spec(config, "fig1")
+    spec["cells"] = write_metrics(tmp_path, spec["cells"], lambda c: synthetic(c) if c["upstream"] != "mixed-temp" else 6.0)
+    # CSI ranks OC20 lowest here (not ANI-1x): the figure must follow the CSI, not the names
+    spec["csi"]["table"] = str(tmp_path / "csi.csv")
+    _csi_table(tmp_path / "csi.csv", {"ani1x": 2.0, "transition1x": 3.0, "oc20": 1.0, "oc22": 4.0},
+               tasks=["rmd17", "md22", "spice", "qm9"])
+    d = figures.fig1(spec, tmp_path / "fig1.png")
+    assert d["compute_ratio"] == 240_000_000 / 10_000_000
+    assert {t["best"] for t in d["tasks"]} == {"oc20"}
+    rmd17 = d["tasks"][0]
+    assert rmd17["ours"][0] == 14.0 and rmd17["baseline"][0] == 6.0
+    assert math.isclose(rmd17["improvement_pct"], 100 * (6 - 14) / 6)
+    assert (tmp_path / "fig1.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_fig4_compares_base_and_added(tmp_path, capsys):
+    spec = G.figure_spec(paper_config(), "fig4")
+    spec["cells"] = write_metrics(tmp_path, spec["cells"], lambda c: 5.0 if c["upstream"] == "ani1x" else 7.5)
+    spec_path = tmp_path / "fig4.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    assert main(["figure", "--config", str(spec_path), "--out", str(tmp_path / "f4.png"), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [round(t["change_pct"], 6) for t in data["tasks"]] == [50.0] * 4
+    assert spec["mix"] == {"ani1x": 2 / 3, "oc22": 1 / 3}
+
+
+def test_report_states_the_verdict_spearman_and_published_numbers(tmp_path):
+    config = paper_config()
+    spec = G.report_spec(config, "snakemake --cores all --configfile workflow/configs/paper.yaml", "paper.yaml")
+    csi_path = tmp_path / "csi.csv"
+    spec["csi"]["selection"]["table"] = str(csi_path)
+    # CSI order ani1x < transition1x < oc22 < oc20 while MAE orders oc20 before oc22
+    _csi_table(csi_path, {"ani1x": 1.0, "transition1x": 2.0, "oc20": 4.0, "oc22": 3.0},
+               tasks=["rmd17", "md22", "spice", "qm9", "qm9-gap", "qmof", "matbench"])
+    for t in spec["tables"].values():
+        t["spec"]["cells"] = write_metrics(tmp_path, t["spec"]["cells"], synthetic)
+    spec["cells"] = write_metrics(tmp_path, spec["cells"], synthetic)
+    for r in spec["pretrain"]:
+        (tmp_path / r["metrics"]).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / r["metrics"]).write_text(json.dumps({"structures_seen": {"ani1x": 7}}))
+        r["metrics"] = str(tmp_path / r["metrics"])
+    text = report.build_report(spec)
+    assert "**The lowest-CSI upstream gave the lowest finetuned MAE on 7 of 7 task(s).**" in text
+    # Spearman over 4 upstreams with one swapped pair: 1 - 6*2/(4*15) = 0.8
+    assert "| rMD17 | ANI-1x | ANI-1x | yes | 0.80 | 3/3, " in text
+    assert "CSI ANI-1x < Transition-1x < OC22 < OC20, MAE ANI-1x < Transition-1x < OC20 < OC22" in text
+    # ours beside the paper's: Table 2's 3M block of OC22 on SPICE is 11.00 in the paper
+    line = next(ln for ln in text.splitlines() if ln.startswith("| OC22 | N=3M, E=5 | small |"))
+    assert "| 11.0 |" in line
+    assert "hash `" + G.config_hash(config) + "`" in text
+    assert "reproduce: `snakemake --cores all --configfile workflow/configs/paper.yaml`" in text
+    assert re.search(r"packages: atomsift \S+, torch \S+", text)
+    assert "| ANI-1x | N=2M, E=5 | small | 10,000,000 | 7 | – |" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# published numbers against the reference text
+
+
+def _paper_tables() -> dict[str, list[list[str]]]:
+    text = PAPER.read_text()
+    sec = text[text.index("## 5. Tables and figures"):text.index("### Figures")]
+    out = {}
+    for block in re.split(r"\n### ", sec)[1:]:
+        m = re.match(r"Table (\d)", block)
+        if not m:
+            continue
+        rows = [[c.strip().strip("*") for c in ln.strip().strip("|").split("|")]
+                for ln in block.splitlines() if ln.startswith("| ") and not ln.startswith("| C |")
+                and not ln.startswith("| Upstream |") and not ln.startswith("| N |")]
+        out[f"table{m.group(1)}"] = rows
+    return out
+
+
+@pytest.mark.skipif(not PAPER.exists(), reason="reference PAPER.md not available")
+def test_published_numbers_match_the_reference_text():
+    ref = _paper_tables()
+    names = {v: k for k, v in published.UPSTREAM_LABELS.items() if not k.startswith("jmp")}
+
+    def numbers(cells):
+        vals = []
+        for c in cells:
+            vals += [float(x) for x in c.split(" / ")]
+        return vals
+
+    # Tables 1, 3, 4: the limited-budget rows (C = 10M) by upstream
+    for t in ("table1", "table3", "table4"):
+        rows = [r for r in ref[t] if r[0].startswith("10")]
+        ours = published.limited_budget_rows(t)[0]
+        assert len(rows) == len(ours)
+        for r, o in zip(rows, ours):
+            assert names[r[1]] == o["upstream"]
+            keys = published.ID_TASKS if t != "table4" else published.OOD_TASKS
+            assert numbers(r[3:]) == [o[k] for k in keys]
+    # Table 2: one row per upstream, three blocks of four
+    for r in ref["table2"]:
+        u = names[r[0]]
+        vals = numbers(r[1:])
+        for block in range(3):
+            assert vals[4 * block:4 * block + 4] == [published.value("table2", u, k, block) for k in published.ID_TASKS]
+    # Table 5
+    for r in ref["table5"]:
+        block = 0 if r[1] == "5" else 1
+        assert numbers(r[3:]) == [published.value("table5", names[r[2]], k, block) for k in published.ID_TASKS]
+
+
+def test_published_fig_values():
+    assert published.FIG1["compute_ratio"] == 240_000_000 // 10_000_000
+    assert [published.FIG4["added"][k] for k in published.ID_TASKS] == [7.8, 3.21, 6.00, 3.1]
+    assert published.FIG9["oc20"] == {"random": 4676, "balanced": 8478, "total": 8478}
+
+
+# ---------------------------------------------------------------------------------------------
+# profiles
+
+
+def test_profile_install_links_and_is_idempotent(tmp_path):
+    link, target, changed = install("slurm", source=str(ROOT / "profiles"), dest=str(tmp_path))
+    assert changed and link.is_symlink() and link.resolve() == (ROOT / "profiles/slurm").resolve()
+    assert install("slurm", source=str(ROOT / "profiles"), dest=str(tmp_path))[2] is False
+    other = tmp_path / "local"
+    other.mkdir()
+    (other / "config.yaml").write_text("cores: 1\n")
+    with pytest.raises(InputError, match="is not a link to"):
+        install("local", source=str(ROOT / "profiles"), dest=str(tmp_path))
+
+
+def test_slurm_profile_settings():
+    prof = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    assert prof["executor"] == "slurm"
+    assert prof["slurm-status-command"] == "squeue"
+    assert prof["slurm-init-seconds-before-status-checks"] == 8
+    gpu_rules = {r for r, res in prof["set-resources"].items() if "gpu" in res}
+    assert gpu_rules == {"pretrain", "finetune", "moments"}
+    # CPU settings per task must not shadow --cpus-per-gpu (the plugin prefers cpus_per_task)
+    assert "cpus_per_task" not in prof["default-resources"]
