@@ -19,7 +19,9 @@ It also times ``atomsift prepare qm9`` (a fresh process, qm9pack CSV -> store; s
 ``add_many`` in blocks of 8192). By default the three hold the same ``--n`` randomly chosen
 structures and each is read once in one shuffled order. Building the LMDB and the ASE db is what
 takes time (~1 ms per row each), so ``--rows M`` puts only M chosen structures in all three and
-reads ``--n`` times in shuffled passes over them (the same sequence for every path).
+reads ``--n`` times in shuffled passes over them (the same sequence for every path). The reads run in ``--rounds`` interleaved segments (each path
+on segment 1, then each on segment 2, ...), so a change of machine load during the run hits every
+path alike; wall and CPU time are both reported.
 
     python bench/store_read.py                   # 100,000 reads, ~5 min on a quiet 2-core machine
     python bench/store_read.py --rows 20000      # 100,000 reads over 20,000 structures, ~2 min
@@ -114,10 +116,7 @@ def _read_store(store, idx):
         store[i]
 
 
-def _read_ase_db(path: Path, ids):
-    import ase.db
-
-    db = ase.db.connect(str(path), type="db")
+def _read_ase_db(db, ids):
     for k in ids.tolist():
         row = db.get(id=k)
         row.toatoms()
@@ -125,14 +124,27 @@ def _read_ase_db(path: Path, ids):
         row.data["targets"]
 
 
-def _read_lmdb(path: Path, keys):
-    import lmdb
-
-    env = lmdb.open(str(path), subdir=False, readonly=True, lock=False, readahead=False, meminit=False, max_readers=1)
+def _read_lmdb(env, keys):
     for k in keys.tolist():
         data = pickle.loads(env.begin().get(str(k).encode("ascii")))
         data.pos, data.atomic_numbers, data.y
-    env.close()
+
+
+def _timed_reads(paths: dict, order: np.ndarray, rounds: int) -> dict:
+    """Wall and CPU seconds of each path over ``order``, read in ``rounds`` interleaved segments
+    (path A, B, C on segment 1, then on segment 2, ...) so that a change in machine load during
+    the run hits every path alike."""
+    wall = {k: 0.0 for k in paths}
+    cpu = {k: 0.0 for k in paths}
+    for seg in np.array_split(order, rounds):
+        for name, fn in paths.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            fn(seg)
+            wall[name] += time.perf_counter() - t0
+            cpu[name] += time.process_time() - c0
+    for name in paths:
+        print(f"  {name}: {wall[name]:.2f} s wall, {cpu[name]:.2f} s CPU", flush=True)
+    return {"wall": wall, "cpu": cpu}
 
 
 def _writer_throughput(workdir: Path, recs) -> dict:
@@ -168,6 +180,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=100_000, help="structures read (default 100,000; at most 130,831)")
     ap.add_argument("--rows", type=int, default=None, help="structures in each database (default --n; reads cycle over them)")
     ap.add_argument("--store", type=Path, help="an existing QM9 store (skips timing prepare)")
+    ap.add_argument("--rounds", type=int, default=10, help="interleaved segments of the read sequence (default 10)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, help="where the databases go (default: a temporary dir, removed)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
@@ -205,12 +218,25 @@ def main(argv=None) -> int:
         del recs
 
         print(f"{n:,} shuffled random reads of {rows:,} structures ...", flush=True)
-        t_store = _time(lambda: _read_store(store, chosen[order]), "store")
-        t_lmdb = _time(lambda: _read_lmdb(workdir / "qm9.lmdb", order), "LMDB (pickled PyG Data)")
-        t_ase = _time(lambda: _read_ase_db(workdir / "qm9.db", order + 1), "ASE SQLite db")
+        import ase.db
+        import lmdb
+
+        db = ase.db.connect(str(workdir / "qm9.db"), type="db")
+        env = lmdb.open(str(workdir / "qm9.lmdb"), subdir=False, readonly=True, lock=False, readahead=False,
+                        meminit=False, max_readers=1)
+        t = _timed_reads({
+            "store": lambda seg: _read_store(store, chosen[seg]),
+            "LMDB (pickled PyG Data)": lambda seg: _read_lmdb(env, seg),
+            "ASE SQLite db": lambda seg: _read_ase_db(db, seg + 1),
+        }, order, args.rounds)
+        env.close()
+        t_store, t_lmdb, t_ase = (t["wall"][k] for k in ("store", "LMDB (pickled PyG Data)", "ASE SQLite db"))
+        c_store, c_lmdb, c_ase = (t["cpu"][k] for k in ("store", "LMDB (pickled PyG Data)", "ASE SQLite db"))
         res.update({
             "store_per_s": n / t_store, "lmdb_per_s": n / t_lmdb, "ase_db_per_s": n / t_ase,
             "store_over_lmdb": t_lmdb / t_store, "store_over_ase_db": t_ase / t_store,
+            "cpu_store_per_s": n / c_store, "cpu_lmdb_per_s": n / c_lmdb, "cpu_ase_db_per_s": n / c_ase,
+            "cpu_store_over_lmdb": c_lmdb / c_store, "cpu_store_over_ase_db": c_ase / c_store,
             "store_dir_mb": sum(p.stat().st_size for p in Path(store_dir).rglob("*") if p.is_file()) / 1e6,
             "lmdb_mb": (workdir / "qm9.lmdb").stat().st_size / 1e6,
             "ase_db_mb": (workdir / "qm9.db").stat().st_size / 1e6,
@@ -220,10 +246,12 @@ def main(argv=None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     print()
-    print(f"{'path':<28}{'structures/s':>14}{'store is':>12}")
-    print(f"{'atomsift store':<28}{res['store_per_s']:>14,.0f}{'':>12}")
-    print(f"{'LMDB of pickled PyG Data':<28}{res['lmdb_per_s']:>14,.0f}{res['store_over_lmdb']:>11.1f}x   (goal >= 5x)")
-    print(f"{'ASE SQLite db':<28}{res['ase_db_per_s']:>14,.0f}{res['store_over_ase_db']:>11.1f}x   (goal >= 20x)")
+    print(f"{'path':<28}{'structures/s':>14}{'store is':>10}{'per CPU s':>14}{'store is':>10}")
+    print(f"{'atomsift store':<28}{res['store_per_s']:>14,.0f}{'':>10}{res['cpu_store_per_s']:>14,.0f}")
+    print(f"{'LMDB of pickled PyG Data':<28}{res['lmdb_per_s']:>14,.0f}{res['store_over_lmdb']:>9.1f}x"
+          f"{res['cpu_lmdb_per_s']:>14,.0f}{res['cpu_store_over_lmdb']:>9.1f}x   (goal >= 5x)")
+    print(f"{'ASE SQLite db':<28}{res['ase_db_per_s']:>14,.0f}{res['store_over_ase_db']:>9.1f}x"
+          f"{res['cpu_ase_db_per_s']:>14,.0f}{res['cpu_store_over_ase_db']:>9.1f}x   (goal >= 20x)")
     if "prepare_qm9_wall_s" in res:
         print(f"atomsift prepare qm9: {res['prepare_qm9_wall_s']:.1f} s wall, {res['prepare_qm9_cpu_s']:.1f} s CPU (goal < 15 s)")
     print(f"StoreWriter: add {res['add_per_s']:,.0f} structures/s, add_many {res['add_many_per_s']:,.0f} structures/s")
