@@ -104,6 +104,10 @@ def _moments(args) -> int:
     split = args.split if (store.split_names() or args.split != "train") else None
     idx = sample_store(store, args.sampling, args.n, args.seed, split=split, min_atoms=args.min_atoms)
     ex = load_extractor(args.extractor)
+    if args.edge_dropout > 0:
+        import torch
+
+        torch.manual_seed(args.seed)  # the dropped edges are drawn from torch's global generator
     t0 = time.perf_counter()
     m = compute_moments(store, ex, idx, agg=args.agg, batch_size=args.batch_size, edge_dropout=args.edge_dropout)
     meta = {

@@ -48,7 +48,7 @@ def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
     m = v.T @ s2 @ v
     m = (r[:, None] * m) * r[None, :]
     m = 0.5 * (m + m.T)
-    ev = eigh(m, eigvals_only=True, driver="evd", overwrite_a=True, check_finite=False)
+    ev = eigh(m, eigvals_only=True, driver="evr", overwrite_a=True, check_finite=False)
     return float(np.sqrt(np.clip(ev, 0.0, None)).sum())
 
 
