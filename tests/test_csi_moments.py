@@ -290,3 +290,21 @@ def test_end_to_end_with_random_tiny_extractor(tmp_path, capsys):
     assert main(["select", str(store), "--upstream", f"up={outs[0]}", "--n", "12", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["extractor"] == "random-tiny-0" and res["ranking"][0]["upstream"] == "up"
+
+
+def test_sharded_moments_merge_to_the_whole(small_store, tmp_path, fake_extractor, capsys):
+    common = ["--store", str(small_store), "--extractor", "fake", "--sampling", "balanced", "--n", "30", "--seed", "3"]
+    assert main(["moments", *common, "--out", str(tmp_path / "all.npz")]) == 0
+    parts = []
+    for i in range(3):
+        parts.append(str(tmp_path / f"p{i}.npz"))
+        assert main(["moments", *common, "--shard", f"{i}/3", "--out", parts[-1]]) == 0
+    assert main(["moments-merge", *parts, "--out", str(tmp_path / "merged.npz")]) == 0
+    whole, merged = load_moments(tmp_path / "all.npz")[0], load_moments(tmp_path / "merged.npz")[0]
+    assert merged.n == whole.n
+    np.testing.assert_allclose(merged.mean, whole.mean, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(merged.cov, whole.cov, rtol=1e-10, atol=1e-12)
+    capsys.readouterr()
+    assert main(["moments-merge", *parts[:2], "--out", str(tmp_path / "bad.npz")]) == 2
+    assert "incomplete set of shards" in capsys.readouterr().err
+    assert not (tmp_path / "bad.npz").exists()

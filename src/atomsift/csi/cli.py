@@ -24,9 +24,16 @@ def register(sub) -> None:
                    help="drop this fraction of graph edges (the official upstream extraction used 0.1); default 0")
     p.add_argument("--min-atoms", type=int, default=0,
                    help="skip structures with fewer atoms before sampling (the official downstream extraction uses 4)")
+    p.add_argument("--shard", metavar="I/K", help="only the I-th of K equal slices of the sample (0-based); "
+                                                "combine the K files with atomsift moments-merge")
     p.add_argument("--out", required=True, help="moments file to write (.npz)")
     p.add_argument("--json", action="store_true", help="print the sidecar as JSON")
     p.set_defaults(func=_moments)
+
+    p = sub.add_parser("moments-merge", help="combine moments files of shards of one sample (exact pairwise merge)")
+    p.add_argument("parts", nargs="+", help="moments files from atomsift moments --shard I/K")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_merge)
 
     p = sub.add_parser("csi", help="CSI (Fréchet distance) between two moments files")
     p.add_argument("a", help="moments file (.npz)")
@@ -92,7 +99,10 @@ def _positive(value: int, name: str) -> None:
 def _moments(args) -> int:
     import time
 
+    import numpy as np
+
     from atomsift import __version__
+    from atomsift.errors import InputError
     from atomsift.cli import print_json
     from atomsift.csi.moments import compute_moments, save_moments
     from atomsift.csi.sampling import sample_store
@@ -103,6 +113,12 @@ def _moments(args) -> int:
     store = Store(args.store)
     split = args.split if (store.split_names() or args.split != "train") else None
     idx = sample_store(store, args.sampling, args.n, args.seed, split=split, min_atoms=args.min_atoms)
+    n_sample, n_unique = int(idx.size), int(np.unique(idx).size)
+    shard = _parse_shard(args.shard) if args.shard else None
+    if shard:
+        idx = np.array_split(idx, shard[1])[shard[0]]
+        if idx.size == 0:
+            raise InputError(f"shard {args.shard} of a {n_sample}-structure sample is empty", field="--shard")
     ex = load_extractor(args.extractor)
     if args.edge_dropout > 0:
         import torch
@@ -120,9 +136,9 @@ def _moments(args) -> int:
         "split": split,
         "sampling": args.sampling,
         "aggregation": args.agg,
-        "n_structures": int(idx.size),
+        "n_structures": n_sample,
         "n_requested": int(args.n),
-        "n_unique_structures": int(len(set(idx.tolist()))),
+        "n_unique_structures": n_unique,
         "n": int(m.n),
         "seed": int(args.seed),
         "min_atoms": int(args.min_atoms),
@@ -131,11 +147,62 @@ def _moments(args) -> int:
         "seconds": round(time.perf_counter() - t0, 3),
         "atomsift_version": __version__,
     }
+    if shard:
+        meta["shard"] = {"index": shard[0], "count": shard[1], "n_structures": int(idx.size)}
     save_moments(args.out, m, meta)
     if args.json:
         print_json(meta)
     else:
         print(f"moments of {m.n} {args.agg} samples (d={m.dim}) from {idx.size} {store.dataset} structures -> {args.out}")
+    return 0
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    from atomsift.errors import InputError
+
+    try:
+        i, k = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise InputError(f"expected I/K, got {text!r}", field="--shard") from None
+    if not (k >= 1 and 0 <= i < k):
+        raise InputError(f"need 0 <= I < K, got {text!r}", field="--shard")
+    return i, k
+
+
+_SAME_SAMPLE = ("extractor_sha256", "dataset", "store", "split", "sampling", "aggregation", "seed", "n_requested", "min_atoms", "edge_dropout")
+
+
+def _merge(args) -> int:
+    from atomsift.csi.moments import load_moments, save_moments, sidecar_path
+    from atomsift.errors import InputError
+
+    total, meta0, seen = None, None, set()
+    for path in args.parts:
+        m, meta = load_moments(path)
+        if meta0 is None:
+            total, meta0 = m, meta
+        else:
+            for key in _SAME_SAMPLE:
+                if meta.get(key) != meta0.get(key):
+                    raise InputError(f"{meta.get(key)!r} differs from {meta0.get(key)!r} of {args.parts[0]}; "
+                                     "only shards of one sample merge", path=sidecar_path(path), field=key)
+            if m.dim != total.dim:
+                raise InputError(f"dimension {m.dim} differs from {total.dim} of {args.parts[0]}", path=path, field="mean")
+            total = total.merge(m)
+        sh = meta.get("shard")
+        if sh:
+            key = (sh.get("index"), sh.get("count"))
+            if key in seen:
+                raise InputError(f"shard {key[0]}/{key[1]} given twice", path=path, field="shard")
+            seen.add(key)
+    counts = {k for _, k in seen}
+    if seen and (len(counts) != 1 or len(seen) != next(iter(counts))):
+        raise InputError(f"incomplete set of shards: got {sorted(i for i, _ in seen)} of {sorted(counts)}", field="shard")
+    meta = {k: v for k, v in meta0.items() if k not in ("shard", "seconds")}
+    meta["n"] = int(total.n)
+    meta["merged_from"] = [str(p) for p in args.parts]
+    save_moments(args.out, total, meta)
+    print(f"merged {len(args.parts)} files: {total.n} samples -> {args.out}")
     return 0
 
 
