@@ -317,25 +317,51 @@ def test_qmof_values_sid_classes_and_jmp_split(tmp_path):
     d, systems, structures = _qmof(tmp_path)
     s = Store(prepare("qmof", d, tmp_path / "s"))
     assert len(s) == 20 and s.target_names == ["bandgap"] and s.manifest["units"]["targets"] == {"bandgap": "eV"}
+    rev = structures[::-1]  # the fixture's structure file is in reverse order: the store follows it
+    gap = {x["qmof_id"]: x["outputs"]["pbe"]["bandgap"] for x in systems}
     for i in (0, 7, 19):
-        r, st = s[i], structures[i]["structure"]
-        assert r.targets["bandgap"] == systems[i]["outputs"]["pbe"]["bandgap"]
+        r, st = s[i], rev[i]["structure"]
+        assert r.targets["bandgap"] == gap[rev[i]["qmof_id"]]
         np.testing.assert_array_equal(r.positions, [site["xyz"] for site in st["sites"]])
         np.testing.assert_array_equal(r.cell, st["lattice"]["matrix"])
-        assert f"qmof-{r.sid:07x}" == systems[i]["qmof_id"]
-    assert s[1].cls == "COZn" and s[2].cls == "CHOZn" and s[0].cls == "OZn"
+        assert f"qmof-{r.sid:07x}" == rev[i]["qmof_id"]
+    assert s[19 - 1].cls == "COZn" and s[19 - 2].cls == "CHOZn" and s[19 - 0].cls == "OZn"
     perm = np.arange(20)
     np.random.RandomState(42).shuffle(perm)
     assert s.split("train").tolist() == sorted(perm[:16]) and s.split("val").tolist() == sorted(perm[16:18])
     assert s.split("test").tolist() == sorted(perm[18:])
 
 
+def test_qmof_zip_and_streaming_match_folder(tmp_path):
+    import zipfile
+
+    d, _, _ = _qmof(tmp_path)
+    with zipfile.ZipFile(tmp_path / "qmof_database.zip", "w") as zf:
+        for f in ("qmof.json", "qmof_structure_data.json"):
+            zf.write(d / "qmof_database" / f, f"qmof_database/{f}")
+    with zipfile.ZipFile(tmp_path / "13147324.zip", "w") as zf:  # figshare's article zip wraps the release zip
+        zf.write(tmp_path / "qmof_database.zip", "qmof_database.zip")
+    a = Store(prepare("qmof", d, tmp_path / "a"))
+    for name in ("qmof_database.zip", "13147324.zip"):
+        b = Store(prepare("qmof", tmp_path / name, tmp_path / name.replace(".zip", "_store")))
+        np.testing.assert_array_equal(a.array("positions"), b.array("positions"))
+        np.testing.assert_array_equal(a.array("targets"), b.array("targets"))
+    from atomsift.data.readers import qmof
+    from atomsift.data.readers._pymatgen import JsonStream
+
+    with open(d / "qmof_database" / "qmof_structure_data.json") as fh:  # tiny chunks: values cut anywhere
+        items = list(JsonStream(fh, "x", chunk=7).items())
+    assert items == json.loads((d / "qmof_database" / "qmof_structure_data.json").read_text())
+    assert qmof.jmp_split(20)["val"].size == 2
+
+
 @pytest.mark.parametrize("case,needles", [
     ("missing_gap", ["qmof.json", "outputs.pbe.bandgap", "entry 3", "qmof-1a2b3c3"]),
     ("nan_gap", ["qmof.json", "outputs.pbe.bandgap", "entry 3", "not a finite"]),
-    ("truncated", ["qmof_structure_data.json", "not valid JSON"]),
-    ("bad_matrix", ["qmof_structure_data.json", "lattice.matrix", "(2, 3)"]),
+    ("truncated", ["qmof_structure_data.json", "not valid JSON", "truncated"]),
+    ("bad_matrix", ["qmof_structure_data.json", "lattice.matrix", "(2, 3)", "entry 3 (qmof-1a2b3c3)"]),
     ("singular", ["cell", "singular", "entry 3"]),
+    ("unpaired", ["qmof_structure_data.json", "qmof_id", "entry 3 (qmof-0000bad)", "no entry"]),
 ])
 def test_qmof_errors(tmp_path, capsys, case, needles):
     d, systems, structures = _qmof(tmp_path, nested=False)
@@ -348,6 +374,9 @@ def test_qmof_errors(tmp_path, capsys, case, needles):
     elif case == "truncated":
         text = (d / "qmof_structure_data.json").read_text()
         (d / "qmof_structure_data.json").write_text(text[: len(text) // 2])
+    elif case == "unpaired":
+        structures[3]["qmof_id"] = "qmof-0000bad"
+        (d / "qmof_structure_data.json").write_text(json.dumps(structures))
     else:
         structures[3]["structure"]["lattice"]["matrix"] = [[1, 0, 0], [0, 1, 0]] if case == "bad_matrix" else [[1, 0, 0], [2, 0, 0], [0, 0, 1]]
         (d / "qmof_structure_data.json").write_text(json.dumps(structures))

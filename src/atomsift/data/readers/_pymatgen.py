@@ -16,6 +16,7 @@ element per atom.
 
 from __future__ import annotations
 
+import zlib
 from functools import reduce
 from math import gcd
 
@@ -46,6 +47,23 @@ def _site_number(site, where: str, path, i: int) -> int:
     return ATOMIC_NUMBERS[el]
 
 
+def _fast_sites(sites):
+    """(numbers, Cartesian positions) when every site is ordered, labelled by an element symbol and
+    has ``xyz``; None otherwise (the per-site path then gives the exact error or the fallbacks)."""
+    try:
+        numbers = np.fromiter((ATOMIC_NUMBERS[s["label"]] for s in sites), dtype=np.int64, count=len(sites))
+        pos = np.array([s["xyz"] for s in sites], dtype=np.float64)
+        for s in sites:
+            sp = s["species"]
+            if len(sp) != 1 or sp[0].get("occu", 1) != 1:
+                return None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    if pos.shape != (len(sites), 3):
+        return None
+    return numbers, pos
+
+
 def parse_structure(d, *, path=None, where: str = "structure"):
     """(numbers (N,) int64, positions (N, 3) Angstrom, cell (3, 3), pbc (3,)) of a Structure dict.
 
@@ -68,6 +86,9 @@ def parse_structure(d, *, path=None, where: str = "structure"):
     sites = d.get("sites")
     if not isinstance(sites, list) or not sites:
         raise InputError(f"{where}: no sites", path=path, field="sites")
+    fast = _fast_sites(sites)
+    if fast is not None:
+        return fast[0], fast[1], cell, pbc
     numbers = np.empty(len(sites), dtype=np.int64)
     pos = np.empty((len(sites), 3), dtype=np.float64)
     frac_rows = []
@@ -100,3 +121,116 @@ def reduced_formula(numbers) -> str:
     first = [s for s in ("C", "H") if s in syms] if "C" in syms else []
     order = first + sorted(s for s in syms if s not in first)
     return "".join(s if syms[s] == 1 else f"{s}{syms[s]}" for s in order)
+
+
+# ------------------------------------------------------------------------------- JSON streaming
+
+
+class JsonStream:
+    """Read one large JSON document incrementally from a text file object.
+
+    Release files are one big list (QMOF) or a pandas ``orient="split"`` object whose ``data`` list
+    holds every structure (MatBench); :meth:`items` yields the elements of a list one at a time,
+    so memory holds one structure, not the whole file. Any malformed or truncated input is an
+    :class:`InputError` naming ``path``.
+    """
+
+    def __init__(self, fh, path, chunk: int = 1 << 22):
+        import json
+
+        self.fh, self.path, self.chunk = fh, path, chunk
+        self.buf, self.pos, self.eof = "", 0, False
+        self.dec = json.JSONDecoder()
+
+    def _fill(self, grow: bool = False) -> bool:
+        if self.eof:
+            return False
+        size = max(self.chunk, len(self.buf) - self.pos) if grow else self.chunk  # geometric for a big value
+        try:
+            data = self.fh.read(size)
+        except (OSError, EOFError, UnicodeDecodeError, ValueError, zlib.error) as exc:
+            raise InputError(f"cannot read ({type(exc).__name__}: {exc}; truncated file?)", path=self.path) from None
+        if not data:
+            self.eof = True
+            return False
+        self.buf = self.buf[self.pos:] + data
+        self.pos = 0
+        return True
+
+    def peek(self) -> str:
+        """The next non-blank character ('' at the end of the file), not consumed."""
+        while True:
+            while self.pos < len(self.buf) and self.buf[self.pos] in " \t\r\n":
+                self.pos += 1
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self._fill():
+                return ""
+
+    def expect(self, ch: str) -> None:
+        c = self.peek()
+        if c != ch:
+            found = f"'{c}'" if c else "the end of the file"
+            raise InputError(f"not valid JSON: expected '{ch}', found {found} (truncated file?)", path=self.path)
+        self.pos += 1
+
+    def value(self):
+        """Decode the next complete JSON value."""
+        import json
+
+        self.peek()
+        while True:
+            try:
+                obj, end = self.dec.raw_decode(self.buf, self.pos)
+                if end < len(self.buf) or self.eof:  # a number cut at the buffer's end must be re-read
+                    self.pos = end
+                    return obj
+            except json.JSONDecodeError as exc:
+                if self.eof:
+                    raise InputError(f"not valid JSON ({exc.msg}; truncated file?)", path=self.path) from None
+            if not self._fill(grow=True):
+                continue
+
+    def items(self):
+        """Yield the elements of the JSON list that starts here."""
+        self.expect("[")
+        if self.peek() == "]":
+            self.pos += 1
+            return
+        while True:
+            yield self.value()
+            c = self.peek()
+            self.pos += 1
+            if c == "]":
+                return
+            if c != ",":
+                found = f"'{c}'" if c else "the end of the file"
+                raise InputError(f"not valid JSON: expected ',' or ']' in a list, found {found} (truncated file?)",
+                                 path=self.path)
+
+    def keys(self):
+        """Yield the keys of the JSON object that starts here; the caller reads each value
+        (with :meth:`value` or :meth:`items`) before asking for the next key."""
+        self.expect("{")
+        if self.peek() == "}":
+            self.pos += 1
+            return
+        while True:
+            key = self.value()
+            if not isinstance(key, str):
+                raise InputError("not valid JSON: object key is not a string", path=self.path)
+            self.expect(":")
+            yield key
+            c = self.peek()
+            self.pos += 1
+            if c == "}":
+                return
+            if c != ",":
+                found = f"'{c}'" if c else "the end of the file"
+                raise InputError(f"not valid JSON: expected ',' or '}}' in an object, found {found} (truncated file?)",
+                                 path=self.path)
+
+    def end(self) -> None:
+        """Check that nothing but blanks follows the document."""
+        if self.peek() != "":
+            raise InputError("not valid JSON: extra data after the document", path=self.path)

@@ -1,6 +1,7 @@
 """MatBench reader: ``matbench_<task>.json.gz`` (ml.materialsproject.org) -> store.
 
-The file is pandas ``orient="split"`` JSON, gzipped, as matminer writes and reads it::
+The file is pandas ``orient="split"`` JSON, gzipped, as matminer writes and reads it (streamed:
+one structure in memory at a time)::
 
     {"index": [...], "columns": ["structure", "<target>"], "data": [[<Structure dict>, value], ...]}
 
@@ -19,15 +20,13 @@ writes plain ``train``/``val``/``test`` for that fold. Class = reduced Hill form
 from __future__ import annotations
 
 import gzip
-import json
 import re
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from atomsift.data.readers._common import shuffled, source_path
-from atomsift.data.readers._pymatgen import parse_structure, reduced_formula
+from atomsift.data.readers._pymatgen import JsonStream, parse_structure, reduced_formula
 from atomsift.data.store import StoreWriter
 from atomsift.errors import InputError
 
@@ -142,20 +141,11 @@ def _resolve(src: Path, subset: str | None) -> Path:
     return files[0]
 
 
-def load_split_json(path: Path):
-    """The decoded ``orient="split"`` document (gzip or plain JSON)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(2)
-        opener = gzip.open if head == b"\x1f\x8b" else open
-        with opener(path, "rb") as fh:
-            return json.load(fh)
-    except (EOFError, OSError, zlib.error) as exc:
-        raise InputError(f"cannot decompress ({exc}; truncated file?)", path=path) from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}; truncated file?)", path=path) from None
-    except UnicodeDecodeError:
-        raise InputError("not valid JSON (not UTF-8 text)", path=path) from None
+def _open_text(path: Path):
+    """A text stream of the (gzipped or plain) JSON file."""
+    with open(path, "rb") as fh:
+        gz = fh.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rt", encoding="utf-8") if gz else open(path, encoding="utf-8")
 
 
 def convert(source, out: Path, *, dataset: str = "matbench", subset: str | None = None, fold: int | None = None,
@@ -166,33 +156,17 @@ def convert(source, out: Path, *, dataset: str = "matbench", subset: str | None 
     target, unit, _, classification = TASKS[task]
     if fold is not None and not 0 <= fold < N_FOLDS:
         raise InputError(f"fold {fold} outside 0..{N_FOLDS - 1}", field="fold")
-    doc = load_split_json(path)
-    if not isinstance(doc, dict):
-        raise InputError("expected a pandas orient='split' object", path=path)
-    for key in ("columns", "data"):
-        if key not in doc:
-            raise InputError("missing key", path=path, field=key)
-    cols = doc["columns"]
-    if not isinstance(cols, list) or "structure" not in cols or target not in cols:
-        raise InputError(f"columns {cols!r} lack 'structure' and '{target}'", path=path, field="columns")
-    cs, ct = cols.index("structure"), cols.index(target)
-    rows = doc["data"]
-    if not isinstance(rows, list):
-        raise InputError("expected a list of rows", path=path, field="data")
-    index = doc.get("index") or list(range(len(rows)))
-    if limit is not None:
-        rows = rows[:limit]
-    values = []
     split_seed = SPLIT_SEED if seed is None else seed
-    with StoreWriter(
-        out, dataset=dataset, source=path, reader=NAME, reader_version=VERSION, level_of_theory=LEVEL_OF_THEORY[task],
-        target_names=[target], target_units={target: unit}, has_sid=True,
-        extra={"task": f"matbench_{task}", "target": target, "unit": unit,
-               "folds": f"{'StratifiedKFold' if classification else 'KFold'}(n_splits=5, shuffle=True, random_state={FOLD_SEED})",
-               "split": f"per fold: train+val shuffled with RandomState({split_seed}), 90/10 train/val (JMP)",
-               "class": "reduced Hill formula", "sid": "row number in the file (index label mb-<task>-<sid+1>)"},
-    ) as w:
+    values: list[float] = []
+    state = {"cols": None, "index": None}
+
+    def add_rows(w, rows):
+        cols = state["cols"]
+        cs, ct = cols.index("structure"), cols.index(target)
+        index = state["index"] or []
         for i, row in enumerate(rows):
+            if limit is not None and i >= limit:
+                continue  # the rest of the list is still read (and checked) by the stream
             label = index[i] if i < len(index) else i
             where = f"data[{i}] ({label})"
             if not isinstance(row, list) or len(row) != len(cols):
@@ -205,6 +179,46 @@ def convert(source, out: Path, *, dataset: str = "matbench", subset: str | None 
             z, pos, cell, pbc = parse_structure(row[cs], path=path, where=where)
             w.add(z, pos, cell=cell, pbc=pbc, targets=[float(y)], cls=reduced_formula(z), sid=i, where=where)
             values.append(float(y))
+
+    def check_columns(cols):
+        if not isinstance(cols, list) or "structure" not in cols or target not in cols:
+            raise InputError(f"columns {cols!r} lack 'structure' and '{target}'", path=path, field="columns")
+        return cols
+
+    with StoreWriter(
+        out, dataset=dataset, source=path, reader=NAME, reader_version=VERSION, level_of_theory=LEVEL_OF_THEORY[task],
+        target_names=[target], target_units={target: unit}, has_sid=True,
+        extra={"task": f"matbench_{task}", "target": target, "unit": unit,
+               "folds": f"{'StratifiedKFold' if classification else 'KFold'}(n_splits=5, shuffle=True, random_state={FOLD_SEED})",
+               "split": f"per fold: train+val shuffled with RandomState({split_seed}), 90/10 train/val (JMP)",
+               "class": "reduced Hill formula", "sid": "row number in the file (index label mb-<task>-<sid+1>)"},
+    ) as w:
+        try:
+            fh = _open_text(path)
+        except OSError as exc:
+            raise InputError(f"cannot open ({exc})", path=path) from None
+        with fh:
+            st = JsonStream(fh, path)
+            seen = set()
+            for key in st.keys():
+                seen.add(key)
+                if key == "columns":
+                    state["cols"] = check_columns(st.value())
+                elif key == "index":
+                    state["index"] = st.value()
+                elif key == "data":
+                    if state["cols"] is None:  # not pandas' key order: the rows must wait for the columns
+                        state["rows"] = list(st.items())
+                    else:
+                        add_rows(w, st.items())
+                else:
+                    st.value()
+            st.end()
+        for key in ("columns", "data"):
+            if key not in seen:
+                raise InputError("missing key", path=path, field=key)
+        if "rows" in state:
+            add_rows(w, state["rows"])
         n = w.n_structures
         if n == 0:
             raise InputError("empty dataset: no rows in 'data'", path=path, field="data")

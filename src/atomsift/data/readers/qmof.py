@@ -5,8 +5,9 @@ or the release zip (``qmof_database.zip``, or figshare's article zip that wraps 
 
 * ``qmof.json``: list of ``{qmof_id, name, info{formula, ...}, inputs, outputs{pbe{bandgap, ...}}}``.
 * ``qmof_structure_data.json``: list of ``{qmof_id, name, structure}`` with a pymatgen Structure
-  dict (parsed by :mod:`atomsift.data.readers._pymatgen`, no pymatgen needed); matched to
-  ``qmof.json`` by ``qmof_id`` (the release keeps both in the same order; JMP relies on it).
+  dict (parsed by :mod:`atomsift.data.readers._pymatgen`, no pymatgen needed), streamed (one
+  structure in memory at a time) in file order and matched to ``qmof.json`` by ``qmof_id`` (the
+  release keeps both files in the same order, which JMP relies on; every id must pair up).
 
 Target ``bandgap`` = ``outputs.pbe.bandgap`` in eV (JMP's QMOF target). ``sid`` = the hexadecimal
 part of ``qmof_id`` as an integer (``qmof-8a95c27`` -> 0x8a95c27; ``f"qmof-{sid:07x}"`` gives it
@@ -17,14 +18,17 @@ back). Class = the reduced Hill formula of the structure. Splits: JMP's 80/10/10
 
 from __future__ import annotations
 
-import json
+import contextlib
+import io
+import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from atomsift.data.readers._common import fraction_split, source_path
-from atomsift.data.readers._pymatgen import parse_structure, reduced_formula
+from atomsift.data.readers._pymatgen import JsonStream, parse_structure, reduced_formula
 from atomsift.data.store import StoreWriter
 from atomsift.errors import InputError
 
@@ -42,43 +46,34 @@ def jmp_split(n: int, seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
     return fraction_split(n, seed, train=0.8, test=0.1)
 
 
-def _load_json(raw: bytes | None, path, label: str):
+@contextlib.contextmanager
+def _open_texts(src: Path):
+    """Text streams of (qmof.json, qmof_structure_data.json) and their labels, from a folder or a zip."""
+    if src.is_dir():
+        paths = _locate(src)
+        with open(paths[FILES[0]], encoding="utf-8") as f0, open(paths[FILES[1]], encoding="utf-8") as f1:
+            yield (f0, f1), tuple(str(paths[f]) for f in FILES)
+        return
     try:
-        if raw is None:
-            with open(path, "rb") as fh:
-                return json.load(fh)
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}; truncated file?)", path=label) from None
-    except UnicodeDecodeError:
-        raise InputError("not valid JSON (not UTF-8 text)", path=label) from None
-
-
-def _read_zip(zpath: Path) -> dict[str, object]:
-    try:
-        zf = zipfile.ZipFile(zpath)
+        zf = zipfile.ZipFile(src)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise InputError(f"cannot open zip ({exc})", path=zpath) from None
+        raise InputError(f"cannot open zip ({exc})", path=src) from None
     with zf:
         names = {Path(n).name: n for n in zf.namelist()}
         if all(f in names for f in FILES):
-            out = {}
-            for f in FILES:
-                try:
-                    raw = zf.read(names[f])
-                except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                    raise InputError(f"cannot read member ({exc})", path=f"{zpath}:{names[f]}") from None
-                out[f] = _load_json(raw, None, f"{zpath}:{names[f]}")
-            return out
+            with zf.open(names[FILES[0]]) as b0, zf.open(names[FILES[1]]) as b1:
+                yield ((io.TextIOWrapper(b0, encoding="utf-8"), io.TextIOWrapper(b1, encoding="utf-8")),
+                       tuple(f"{src}:{names[f]}" for f in FILES))
+            return
         if "qmof_database.zip" in names:  # figshare's article zip wraps the release zip
-            inner = zf.read(names["qmof_database.zip"])
-            tmp = zpath.parent / f".{zpath.name}.inner.zip"
-            try:
-                tmp.write_bytes(inner)
-                return _read_zip(tmp)
-            finally:
-                tmp.unlink(missing_ok=True)
-    raise InputError(f"zip holds neither {FILES[0]} and {FILES[1]} nor qmof_database.zip", path=zpath)
+            with tempfile.TemporaryDirectory() as tmp:
+                inner = Path(tmp) / "qmof_database.zip"
+                with zf.open(names["qmof_database.zip"]) as fin, open(inner, "wb") as fout:
+                    shutil.copyfileobj(fin, fout, 1 << 22)
+                with _open_texts(inner) as (streams, labels):
+                    yield streams, tuple(lab.replace(str(inner), f"{src}:qmof_database.zip") for lab in labels)
+            return
+    raise InputError(f"zip holds neither {FILES[0]} and {FILES[1]} nor qmof_database.zip", path=src)
 
 
 def _locate(src: Path) -> dict[str, Path]:
@@ -105,48 +100,56 @@ def _sid(qmof_id: str, i: int) -> int:
         return i
 
 
+def _gaps(stream: JsonStream, label: str) -> dict[str, float]:
+    """qmof_id -> PBE band gap of every entry of qmof.json (checked: present and finite)."""
+    gaps: dict[str, float] = {}
+    for i, system in enumerate(stream.items()):
+        if not isinstance(system, dict):
+            raise InputError(f"entry {i}: expected an object", path=label)
+        qid = _get(system, "qmof_id", "", label, i)
+        where = f" ({qid})"
+        gap = _get(system, "outputs.pbe.bandgap", where, label, i)
+        if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not np.isfinite(gap):
+            raise InputError(f"entry {i}{where}: bandgap {gap!r} is not a finite number", path=label,
+                             field="outputs.pbe.bandgap")
+        gaps[qid] = float(gap)
+    stream.end()
+    return gaps
+
+
 def convert(source, out: Path, *, dataset: str = "qmof", seed: int | None = None, limit: int | None = None, **_ignored) -> Path:
     src = source_path(source, what="QMOF release folder (qmof_database/) or its zip")
-    if src.is_dir():
-        paths = _locate(src)
-        systems = _load_json(None, paths[FILES[0]], paths[FILES[0]])
-        structures = _load_json(None, paths[FILES[1]], paths[FILES[1]])
-        labels = {f: str(p) for f, p in paths.items()}
-    else:
-        data = _read_zip(src)
-        systems, structures = data[FILES[0]], data[FILES[1]]
-        labels = {f: f"{src}:{f}" for f in FILES}
-    for f, obj in ((FILES[0], systems), (FILES[1], structures)):
-        if not isinstance(obj, list):
-            raise InputError(f"expected a JSON list of entries, got {type(obj).__name__}", path=labels[f])
-    by_id = {}
-    for j, s in enumerate(structures):
-        if not isinstance(s, dict) or "qmof_id" not in s:
-            raise InputError(f"entry {j}: missing key", path=labels[FILES[1]], field="qmof_id")
-        by_id[s["qmof_id"]] = j
-    if limit is not None:
-        systems = systems[:limit]
-    with StoreWriter(
-        out, dataset=dataset, source=src, reader=NAME, reader_version=VERSION, level_of_theory=LEVEL_OF_THEORY,
-        target_names=TARGETS, target_units=TARGET_UNITS, has_sid=True,
-        extra={"split": f"JMP: RandomState({SPLIT_SEED if seed is None else seed}).shuffle, 80/10/10 train/val/test",
-               "sid": "int(qmof_id[5:], 16); qmof_id = f'qmof-{sid:07x}'", "class": "reduced Hill formula"},
-    ) as w:
-        for i, system in enumerate(systems):
-            if not isinstance(system, dict):
-                raise InputError(f"entry {i}: expected an object", path=labels[FILES[0]])
-            qid = _get(system, "qmof_id", "", labels[FILES[0]], i)
-            where = f" ({qid})"
-            gap = _get(system, "outputs.pbe.bandgap", where, labels[FILES[0]], i)
-            if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not np.isfinite(gap):
-                raise InputError(f"entry {i}{where}: bandgap {gap!r} is not a finite number", path=labels[FILES[0]], field="outputs.pbe.bandgap")
-            j = by_id.get(qid)
-            if j is None:
-                raise InputError(f"no structure for entry {i}{where}", path=labels[FILES[1]], field="qmof_id")
-            struct = structures[j].get("structure")
-            z, pos, cell, pbc = parse_structure(struct, path=labels[FILES[1]], where=f"entry {j} ({qid})")
-            w.add(z, pos, cell=cell, pbc=pbc, targets=[float(gap)], cls=reduced_formula(z), sid=_sid(qid, i),
-                  where=f"entry {i}{where}")
-        for name, idx in jmp_split(w.n_structures, SPLIT_SEED if seed is None else seed).items():
-            w.set_split(name, idx)
+    split_seed = SPLIT_SEED if seed is None else seed
+    with _open_texts(src) as ((f_sys, f_struct), (lab_sys, lab_struct)):
+        gaps = _gaps(JsonStream(f_sys, lab_sys), lab_sys)
+        stream = JsonStream(f_struct, lab_struct)
+        with StoreWriter(
+            out, dataset=dataset, source=src, reader=NAME, reader_version=VERSION, level_of_theory=LEVEL_OF_THEORY,
+            target_names=TARGETS, target_units=TARGET_UNITS, has_sid=True,
+            extra={"split": f"JMP: RandomState({split_seed}).shuffle, 80/10/10 train/val/test",
+                   "order": "as qmof_structure_data.json (the release keeps qmof.json in the same order)",
+                   "sid": "int(qmof_id[5:], 16); qmof_id = f'qmof-{sid:07x}'", "class": "reduced Hill formula"},
+        ) as w:
+            seen = 0
+            for j, entry in enumerate(stream.items()):
+                if limit is not None and j >= limit:
+                    break
+                if not isinstance(entry, dict) or "qmof_id" not in entry:
+                    raise InputError(f"entry {j}: missing key", path=lab_struct, field="qmof_id")
+                qid = entry["qmof_id"]
+                if qid not in gaps:
+                    raise InputError(f"entry {j} ({qid}): no entry with this qmof_id in {FILES[0]}", path=lab_struct,
+                                     field="qmof_id")
+                if "structure" not in entry:
+                    raise InputError(f"entry {j} ({qid}): missing key", path=lab_struct, field="structure")
+                z, pos, cell, pbc = parse_structure(entry["structure"], path=lab_struct, where=f"entry {j} ({qid})")
+                w.add(z, pos, cell=cell, pbc=pbc, targets=[gaps[qid]], cls=reduced_formula(z), sid=_sid(qid, j),
+                      where=f"entry {j} ({qid})")
+                seen += 1
+            else:
+                stream.end()
+                if seen != len(gaps):
+                    raise InputError(f"{seen} structures for {len(gaps)} entries of {FILES[0]}", path=lab_struct)
+            for name, idx in jmp_split(w.n_structures, split_seed).items():
+                w.set_split(name, idx)
     return out
