@@ -66,26 +66,32 @@ def _lookup(name: str):
 
 
 def generate(name: str, out: str | Path, *, n: int | None = None, seed: int = DEFAULT_SEED, workers: int | None = None,
-             qm9: str | Path | None = None, **options) -> dict:
+             qm9: str | Path | None = None, pool=None, **options) -> dict:
     """Generate the analog ``name`` into the store ``out``; return a summary.
 
     ``options`` are generator-specific (``metals`` for oc20-mini, ``oxides`` for oc22-mini,
     ``molecule`` for rmd17-mini, ``amino_acids`` for spice-mini). The summary holds the store path,
-    the number of structures, the wall time and the skip record written to the manifest.
+    the number of structures, the wall time and the skip record written to the manifest. An open
+    :class:`~atomsift.data.mini.common.Pool` may be passed to reuse its workers across calls.
     """
     from atomsift.data.mini.common import Pool, check_n, default_workers
     from atomsift.errors import InputError
 
     mod_name, func_name, _ = _lookup(name)
     n = DEFAULT_SIZES[name] if n is None else check_n(n, name)
-    if workers is None:
+    if pool is not None:
+        workers = pool.workers
+    elif workers is None:
         workers = default_workers()
     if int(workers) < 1:
         raise InputError(f"--workers must be at least 1, got {workers}", field="workers")
     func = getattr(importlib.import_module(mod_name), func_name)
     t0 = time.perf_counter()
     # generators validate their options before the first task; workers are spawned on first use
-    with Pool(int(workers)) as pool:
+    if pool is not None:
         path, skips = func(Path(out), n=n, seed=int(seed), pool=pool, qm9=qm9, **options)
+    else:
+        with Pool(int(workers)) as own:
+            path, skips = func(Path(out), n=n, seed=int(seed), pool=own, qm9=qm9, **options)
     return {"generator": name, "path": str(path), "n_structures": n, "seed": int(seed), "workers": int(workers),
             "seconds": round(time.perf_counter() - t0, 2), "skips": skips}

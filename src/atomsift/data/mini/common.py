@@ -146,6 +146,16 @@ def emt_parameters() -> dict:
     return {"calculator": "ase.calculators.emt.EMT", "method": "EMT", "package": "ase", "package_version": package_version("ase")}
 
 
+def calculator_for(provenance: dict, numbers, *, accuracy: float | None = None):
+    """A fresh calculator with the settings recorded in a mini store's provenance (for checks)."""
+    if provenance["method"] == "EMT":
+        from ase.calculators.emt import EMT
+
+        return EMT()
+    return xtb_calculator(provenance["method"], numbers, electronic_temperature=provenance["electronic_temperature_K"],
+                          accuracy=provenance["accuracy"] if accuracy is None else accuracy)
+
+
 def label(atoms, calc) -> tuple[float, np.ndarray]:
     """Energy (eV) and forces (eV/A) of ``atoms`` from ``calc``; :class:`CalculationFailed` on failure."""
     from ase.calculators.calculator import CalculationFailed as AseFailed

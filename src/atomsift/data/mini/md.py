@@ -58,12 +58,12 @@ def run_md(z, pos0, *, n_frames: int, seed_keys: tuple, temperature: float, time
     from ase.calculators.calculator import CalculationFailed as AseFailed
     from ase.constraints import FixCom
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
     rs = np.random.RandomState(rng_for(*seed_keys).integers(2**31 - 1))
     atoms = Atoms(numbers=z, positions=pos0)
     atoms.calc = xtb_calculator(METHOD, z)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rs)
+    thermalize_momenta(atoms, temperature, rng=rs)
     Stationary(atoms)
     atoms.set_constraint(FixCom())
     dyn = Langevin(atoms, timestep * units.fs, temperature_K=temperature, friction=friction / units.fs, fixcm=False, rng=rs)
@@ -75,7 +75,7 @@ def run_md(z, pos0, *, n_frames: int, seed_keys: tuple, temperature: float, time
         for _ in range(n_frames):
             dyn.run(stride)
             e = float(atoms.get_potential_energy())
-            f = np.array(atoms.get_forces())
+            f = np.array(atoms.get_forces(apply_constraint=False))  # FixCom would remove the net force
             if not (np.isfinite(e) and np.all(np.isfinite(f))):
                 raise CalculationFailed("non-finite energy or forces")
             frames.append((np.array(atoms.positions), e, f))
@@ -87,12 +87,11 @@ def run_md(z, pos0, *, n_frames: int, seed_keys: tuple, temperature: float, time
 
 
 def _md_task(payload) -> TaskResult:
-    """One trajectory: (seed, dataset, traj index, molecule name, n_frames, relaxed start or None)."""
-    seed, dataset, traj, name, n_frames, start = payload
+    """One trajectory: (seed, dataset, traj index, molecule name, n_frames, relaxed start or None, MD parameters)."""
+    seed, dataset, traj, name, n_frames, start, params = payload
     from atomsift.data.mini.molecules import build, relax
 
     res = TaskResult()
-    params = MD[dataset]
     for attempt in range(MAX_ATTEMPTS):
         item = f"{name} trajectory {traj}"
         try:
@@ -152,17 +151,28 @@ def _relax_task(name: str) -> tuple[np.ndarray, np.ndarray]:
     return z, relax(z, pos, fmax=0.05, steps=200)
 
 
-def _traj_tasks(seed, dataset, names, n, pool) -> list:
-    n_traj = min(MD[dataset]["trajectories"], n)
+def md_parameters(dataset: str, overrides: dict | None = None) -> dict:
+    """The MD settings of ``dataset`` with ``overrides`` (e.g. a shorter burn-in for quick tests)."""
+    p = dict(MD[dataset])
+    for k, v in (overrides or {}).items():
+        if k not in p:
+            from atomsift.errors import InputError
+
+            raise InputError(f"unknown MD parameter '{k}' (known: {', '.join(p)})", field="md")
+        p[k] = type(p[k])(v)
+    return p
+
+
+def _traj_tasks(seed, dataset, names, n, pool, params) -> list:
+    n_traj = min(params["trajectories"], n)
     base, extra = divmod(n, n_traj)
     starts = dict(zip(names, pool.map(_relax_task, names))) if dataset != "spice" else {}
-    return [(seed, dataset, t, names[t % len(names)], base + (1 if t < extra else 0), starts.get(names[t % len(names)]))
+    return [(seed, dataset, t, names[t % len(names)], base + (1 if t < extra else 0), starts.get(names[t % len(names)]), params)
             for t in range(n_traj)]
 
 
-def _provenance(dataset: str, name: str, seed: int, n: int, results, skips, **kw) -> dict:
+def _provenance(dataset: str, p: dict, seed: int, n: int, results, skips, **kw) -> dict:
     temps = [t for r in results for t in r.info["temperatures"]]
-    p = MD[dataset]
     return {
         "generator": f"{dataset}-mini", "seed": seed, "n": n, **xtb_parameters(METHOD),
         "dynamics": "ase.md.langevin.Langevin (fixcm), Maxwell-Boltzmann start, burn-in discarded",
@@ -192,38 +202,41 @@ def md22_split(n: int, seed: int = 42) -> dict[str, np.ndarray]:
     return {"train": np.sort(perm[n_val:n_tv]), "val": np.sort(perm[:n_val]), "test": np.sort(perm[n_tv:])}
 
 
-def generate_rmd17(out, *, n: int, seed: int, pool, molecule: str = "aspirin", **_) -> tuple:
-    name = parse_list(molecule, RMD17_MOLECULES, "rMD17 molecule", "molecule")
+def generate_rmd17(out, *, n: int, seed: int, pool, molecule: str = "aspirin", md=None, **_) -> tuple:
+    name = parse_list(molecule or "aspirin", RMD17_MOLECULES, "rMD17 molecule", "molecule")
     if len(name) != 1:
         from atomsift.errors import InputError
 
         raise InputError("rmd17-mini takes one molecule per store (as JMP's per-molecule rMD17 tasks)", field="molecule")
-    results = pool.map(_md_task, _traj_tasks(seed, "rmd17", name, n, pool))
+    params = md_parameters("rmd17", md)
+    results = pool.map(_md_task, _traj_tasks(seed, "rmd17", name, n, pool, params))
     samples, skips = collect(results, "rmd17-mini")
-    prov = _provenance("rmd17", name[0], seed, n, results, skips, mirrors="rMD17", molecule=name[0],
+    prov = _provenance("rmd17", params, seed, n, results, skips, mirrors="rMD17", molecule=name[0],
                        split="JMP rMD17: RandomState(42) permutation, 950 train / 50 val / rest test (n <= 1050: 76% / 4% / 20%)")
     write_store(out, name="rmd17-mini", family="rmd17", version=VERSION, level_of_theory=METHOD, samples=samples,
                 splits=rmd17_split(len(samples)), provenance=prov)
     return out, skips
 
 
-def generate_md22(out, *, n: int, seed: int, pool, **_) -> tuple:
-    results = pool.map(_md_task, _traj_tasks(seed, "md22", ["ac-ala3-nhme"], n, pool))
+def generate_md22(out, *, n: int, seed: int, pool, md=None, **_) -> tuple:
+    params = md_parameters("md22", md)
+    results = pool.map(_md_task, _traj_tasks(seed, "md22", ["ac-ala3-nhme"], n, pool, params))
     samples, skips = collect(results, "md22-mini")
     for s in samples:
         s.cls = "Ac-Ala3-NHMe"
-    prov = _provenance("md22", "ac-ala3-nhme", seed, n, results, skips, mirrors="MD22 (Ac-Ala3-NHMe)", molecule="Ac-Ala3-NHMe",
+    prov = _provenance("md22", params, seed, n, results, skips, mirrors="MD22 (Ac-Ala3-NHMe)", molecule="Ac-Ala3-NHMe",
                        split=f"JMP MD22: RandomState(42) permutation, train+val = round(n * 6000/85109), 5% of it val, rest test")
     write_store(out, name="md22-mini", family="md22", version=VERSION, level_of_theory=METHOD, samples=samples,
                 splits=md22_split(len(samples)), provenance=prov)
     return out, skips
 
 
-def generate_spice(out, *, n: int, seed: int, pool, amino_acids=None, **_) -> tuple:
+def generate_spice(out, *, n: int, seed: int, pool, amino_acids=None, md=None, **_) -> tuple:
     names = list(SPICE_AMINO_ACIDS) if amino_acids is None else parse_list(amino_acids, SPICE_AMINO_ACIDS, "amino acid", "amino_acids")
-    results = pool.map(_md_task, _traj_tasks(seed, "spice", names, n, pool))
+    params = md_parameters("spice", md)
+    results = pool.map(_md_task, _traj_tasks(seed, "spice", names, n, pool, params))
     samples, skips = collect(results, "spice-mini")
-    prov = _provenance("spice", ",".join(names), seed, n, results, skips, mirrors="SPICE solvated amino acids",
+    prov = _provenance("spice", params, seed, n, results, skips, mirrors="SPICE solvated amino acids",
                        amino_acids=names, waters=SPICE_WATERS, split="random 80/10/10 over conformers (JMP SPICE)")
     write_store(out, name="spice-mini", family="spice", version=VERSION, level_of_theory=METHOD, samples=samples,
                 splits=fraction_split(len(samples), {"train": 0.8, "val": 0.1, "test": 0.1}, seed), provenance=prov)
