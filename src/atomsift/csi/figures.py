@@ -182,7 +182,7 @@ def coverage_bars(rows: list[dict], out: str | Path, *, title: str | None = None
     ax.set_yscale("log")
     ax.set_ylim(bottom=max(min(min(r["random"], r["balanced"]) for r in rows) / 5, 0.5),
                 top=max(r["total_classes"] for r in rows) * 2.5)
-    ax.legend(frameon=False, fontsize=8, loc="upper left")
+    ax.legend(frameon=False, fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     ax.spines[["top", "right"]].set_visible(False)
     if title:
         ax.set_title(title)
