@@ -32,7 +32,7 @@ VERSION = "1"
 METHOD = "GFN2-xTB"
 
 ANI_CONFORMERS = 4          # conformers per molecule
-ANI_AMPLITUDE = (0.02, 0.07)  # heavy-atom displacement std range (A); H gets 1.6x
+ANI_AMPLITUDE = (0.015, 0.06)  # heavy-atom displacement std range (A); H gets 1.6x
 ANI_H_FACTOR = 1.6
 T1X_FRAMES = 10             # frames per reaction path
 T1X_JITTER = 0.015          # A, on every atom of every frame
