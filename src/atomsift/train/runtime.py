@@ -1,0 +1,100 @@
+"""Trainer construction shared by both stages: devices, DDP/SLURM, precision, threads, logs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+
+def set_threads(threads: int | None) -> None:
+    """torch intra-op threads from the run file, else $OMP_NUM_THREADS, else torch's default."""
+    n = threads
+    if n is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        n = int(os.environ["OMP_NUM_THREADS"])
+    if n is not None and n >= 1:
+        torch.set_num_threads(n)
+
+
+def accelerator_name(cfg) -> str:
+    if cfg.accelerator in ("gpu", "cuda"):
+        return "gpu"
+    if cfg.accelerator == "cpu":
+        return "cpu"
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def make_trainer(cfg, out: Path, *, max_epochs: int, callbacks: list, monitor: str, gradient_clip_val: float,
+                 gradient_clip_algorithm: str, find_unused_parameters: bool):
+    """A Lightning Trainer for one run writing into ``out`` (checkpoints, CSV logs)."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.strategies import DDPStrategy
+
+    accel = accelerator_name(cfg)
+    world = cfg.devices * cfg.num_nodes
+    slurm_multi = int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in os.environ
+    if world > 1 or slurm_multi:
+        strategy = DDPStrategy(find_unused_parameters=find_unused_parameters,
+                               process_group_backend="nccl" if accel == "gpu" else "gloo")
+    else:
+        strategy = "auto"
+    best = ModelCheckpoint(dirpath=out, filename="best", monitor=monitor, mode="min", save_top_k=1,
+                           enable_version_counter=False, save_on_train_epoch_end=False)
+    last = ModelCheckpoint(dirpath=out, filename="last-step", save_top_k=0, save_last=True,
+                           every_n_train_steps=cfg.checkpoint_every_n_steps, enable_version_counter=False)
+    progress = cfg.progress_bar if cfg.progress_bar is not None else sys.stderr.isatty()
+    trainer = pl.Trainer(
+        accelerator=accel,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=strategy,
+        precision=cfg.precision,
+        max_epochs=max_epochs,
+        callbacks=[*callbacks, best, last],
+        logger=CSVLogger(str(out), name="logs", version=""),
+        enable_progress_bar=bool(progress),
+        enable_model_summary=False,
+        gradient_clip_val=gradient_clip_val,
+        gradient_clip_algorithm=gradient_clip_algorithm,
+        num_sanity_val_steps=0,
+        inference_mode=False,
+        use_distributed_sampler=False,
+        val_check_interval=cfg.val_every_n_steps,
+        log_every_n_steps=1,
+        default_root_dir=str(out),
+        deterministic=False,
+        benchmark=False,
+    )
+    return trainer
+
+
+def sha256_of(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_json(path: Path, obj) -> None:
+    """Write JSON atomically (temporary name in the same directory, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 of a module's state dict (to compare weights across ranks and runs)."""
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
