@@ -320,8 +320,8 @@ def test_local_end_to_end_run_makes_a_table_and_a_figure(tmp_path):
     wd = workdir(tmp_path)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    res = snakemake(wd, "--cores", "2", "--configfile", "workflow/configs/ci.yaml",
-                    "results/table1.csv", "results/figures/fig3.png", env=env, timeout=590)
+    res = snakemake(wd, "results/table1.csv", "results/figures/fig3.png", "--cores", "2",
+                    "--configfile", "workflow/configs/ci.yaml", env=env, timeout=590)
     logs = sorted((wd / "results/logs").rglob("*.log")) if (wd / "results/logs").exists() else []
     assert res.returncode == 0, (res.stderr[-3000:], [(str(p), p.read_text()[-1500:]) for p in logs if "Error" in p.read_text()])
     lines = (wd / "results/table1.csv").read_text().splitlines()
