@@ -127,6 +127,18 @@ class Quadruplets:
 
 
 @dataclass
+class QuadTriplets:
+    """What the factorised quadruplet interaction needs instead of the quadruplet list: the two
+    triplet sets, and the (triplet_out, triplet_in) pairs whose quadruplet is excluded because
+    d == c in the same image (``excl_out``, ``excl_in``)."""
+
+    triplet_in: Triplets
+    triplet_out: Triplets
+    excl_out: Tensor
+    excl_in: Tensor
+
+
+@dataclass
 class GraphSet:
     """Everything the backbone needs about connectivity, for one batch."""
 
@@ -137,7 +149,7 @@ class GraphSet:
     trip: Triplets
     a2e: Triplets
     e2a: Triplets
-    quad: Quadruplets
+    quad: QuadTriplets
     a2a_inner: Tensor
     a2ee2a_inner: Tensor
 
@@ -384,6 +396,42 @@ def quadruplets(main: Graph, qint: Graph, n_atoms: int) -> Quadruplets:
     )
 
 
+def _offset_code(off: Tensor, K: int) -> Tensor:
+    w = 2 * K + 1
+    o = off + K
+    return (o[:, 0] * w + o[:, 1]) * w + o[:, 2]
+
+
+def quadruplet_triplets(main: Graph, qint: Graph, n_atoms: int) -> QuadTriplets:
+    """triplet_in (d->b main into b->a qint), triplet_out (b->a qint into c->a main) and the
+    excluded c == d pairs, without enumerating the quadruplets."""
+    tin = mixed_triplets(main, qint, n_atoms, to_outedge=True)
+    tout = mixed_triplets(qint, main, n_atoms)
+    s_main = main.edge_index[0]
+    periodic = _has_offsets(main) or _has_offsets(qint)
+    if periodic:
+        off_d = main.cell_offset[tin.in_] + qint.cell_offset[tin.out]
+        off_c = main.cell_offset[tout.out]
+        K = int(max(off_d.abs().max() if off_d.numel() else 0, off_c.abs().max() if off_c.numel() else 0)) + 1
+        n_off = (2 * K + 1) ** 3
+        code_d, code_c = _offset_code(off_d, K), _offset_code(off_c, K)
+    else:
+        n_off = 1
+        code_d = torch.zeros_like(tin.out)
+        code_c = torch.zeros_like(tout.out)
+    key_in = (tin.out * n_atoms + s_main[tin.in_]) * n_off + code_d
+    key_out = (tout.in_ * n_atoms + s_main[tout.out]) * n_off + code_c
+    if key_in.numel() == 0 or key_out.numel() == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=key_in.device)
+        return QuadTriplets(tin, tout, empty, empty)
+    order = torch.argsort(key_in)
+    sk = key_in[order]
+    pos = torch.searchsorted(sk, key_out).clamp_max(sk.numel() - 1)
+    hit = sk[pos] == key_out
+    excl_out = torch.nonzero(hit, as_tuple=True)[0]
+    return QuadTriplets(tin, tout, excl_out, order[pos[hit]])
+
+
 # ----------------------------------------------------------------------------- the four graphs
 
 
@@ -434,7 +482,7 @@ def build_graphs(
         trip=triplets(main, N),
         a2e=mixed_triplets(a2ee2a, main, N),
         e2a=mixed_triplets(main, a2ee2a, N),
-        quad=quadruplets(main, qint, N),
+        quad=quadruplet_triplets(main, qint, N),
         a2a_inner=ragged_arange(torch.bincount(a2a.edge_index[1], minlength=N)),
         a2ee2a_inner=ragged_arange(torch.bincount(a2ee2a.edge_index[1], minlength=N)),
     )
@@ -471,6 +519,8 @@ __all__ = [
     "triplets",
     "mixed_triplets",
     "quadruplets",
+    "quadruplet_triplets",
+    "QuadTriplets",
     "symmetrize",
     "nearest_k_mask",
 ]

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from atomsift.data.graphs import GraphSet
-from atomsift.models.layers import Dense, he_orthogonal_init
+from atomsift.models.layers import Dense, he_orthogonal_init, segment_sum
 
 
 class PolynomialEnvelope(nn.Module):
@@ -40,9 +40,15 @@ class RadialBasis(nn.Module):
         super().__init__()
         self.cutoff = float(cutoff)
         self.envelope = PolynomialEnvelope(exponent)
-        offset = torch.linspace(0, 1, num_radial)
-        self.register_buffer("offset", offset, persistent=False)
-        self.register_buffer("temps", torch.tensor(-0.5 / float(offset[1] - offset[0]) ** 2), persistent=False)
+        self.num_radial = num_radial
+        self.register_buffer("offset", torch.linspace(0, 1, num_radial), persistent=False)
+        self.register_buffer("temps", torch.tensor(-0.5 * (num_radial - 1) ** 2), persistent=False)
+
+    def reset_buffers(self) -> None:
+        """Recompute the (non-persistent) buffers, e.g. after ``to_empty``."""
+        with torch.no_grad():
+            self.offset.copy_(torch.linspace(0, 1, self.num_radial))
+            self.temps.fill_(-0.5 * (self.num_radial - 1) ** 2)
 
     def forward(self, d: Tensor) -> Tensor:
         ds = d / self.cutoff
@@ -100,6 +106,119 @@ def _cos(u: Tensor, v: Tensor) -> Tensor:
     return (u * v).sum(-1).clamp(-1.0, 1.0)
 
 
+def _legendre_in_cosines(L: int) -> tuple[Tensor, Tensor]:
+    """M (L, 2L-1) with Y_l(cos t) = sum_m M[l, m] cos(m t) (m < L) and Y_l(0) (L,)."""
+    import numpy as np
+
+    M = np.zeros((L, 2 * L - 1))
+    y0 = np.zeros(L)
+    for l in range(L):
+        norm = math.sqrt((2 * l + 1) / (4 * math.pi))
+        cheb = np.polynomial.Legendre.basis(l).convert(kind=np.polynomial.Chebyshev).coef
+        for m, c in enumerate(cheb):
+            M[l, m] = norm * c
+            if m > 0:
+                M[l, L - 1 + m] = norm * c
+        y0[l] = norm * np.polynomial.Legendre.basis(l)(0.0)
+    return torch.tensor(M), torch.tensor(y0)
+
+
+def _azimuth_features(w: Tensor, e1: Tensor, e2: Tensor, L: int) -> tuple[Tensor, Tensor]:
+    """(n, 2L-1) [cos(m a), m < L; sin(m a), 0 < m < L] of the azimuth a of w in the frame (e1, e2),
+    zero rows where w vanishes (degenerate: collinear atoms), and that mask."""
+    x = (w * e1).sum(-1)
+    y = (w * e2).sum(-1)
+    r2 = x * x + y * y
+    deg = r2 < 1e-18  # |w| < 1e-9: JMP clamps |u x v| >= 1e-9 there, i.e. theta = pi / 2
+    r = torch.sqrt(torch.where(deg, torch.ones_like(r2), r2))
+    c1 = torch.where(deg, torch.ones_like(x), x / r)
+    s1 = torch.where(deg, torch.zeros_like(y), y / r)
+    cs, sn = [torch.ones_like(c1), c1], [torch.zeros_like(s1), s1]
+    for _ in range(2, L):
+        c, s_ = cs[-1], sn[-1]
+        cs.append(c * c1 - s_ * s1)
+        sn.append(s_ * c1 + c * s1)
+    feats = torch.stack(cs[:L] + sn[1:L], dim=-1) * (~deg)[:, None].to(c1.dtype)
+    return feats, deg
+
+
+def dihedral_features(V_m: Tensor, V_q: Tensor, q, L: int) -> dict:
+    """Separable form of Y_l(cos theta_cabd) for the factorised quadruplet sum.
+
+    theta is the angle between u = V_ca x V_ba and v = V_db x V_ba, both orthogonal to V_ba; with
+    azimuths a_c, a_d of u, v in any frame orthogonal to V_ba, cos theta = cos(a_c - a_d) and
+    Y_l(cos theta) = sum_m M[l, m] (cos m a_c cos m a_d + sin m a_c sin m a_d) (Chebyshev
+    expansion of P_l). So sum_d Y_l(theta_cabd) x_d needs sums over d per qint edge only.
+    """
+    tin, tout = q.triplet_in, q.triplet_out
+    n = V_q
+    # a frame orthogonal to every qint edge direction
+    ex = torch.zeros_like(n)
+    use_y = n[:, 0].abs() > 0.9
+    ex[:, 0] = (~use_y).to(n.dtype)
+    ex[:, 1] = use_y.to(n.dtype)
+    e1 = ex - (ex * n).sum(-1, keepdim=True) * n
+    e1 = e1 / e1.norm(dim=-1, keepdim=True)
+    e2 = torch.linalg.cross(n, e1, dim=-1)
+    v = torch.linalg.cross(V_m[tin.in_], V_q[tin.out], dim=-1)  # V_db x V_ba
+    u = torch.linalg.cross(V_m[tout.out], V_q[tout.in_], dim=-1)  # V_ca x V_ba
+    cs_d, deg_d = _azimuth_features(v, e1[tin.out], e2[tin.out], L)
+    cs_t, deg_t = _azimuth_features(u, e1[tout.in_], e2[tout.in_], L)
+    M, y0 = _legendre_in_cosines(L)
+    # excluded quadruplets (d == c): subtract exactly the term the separable sum added for them
+    M = M.to(V_m.dtype).to(V_m.device)
+    y0 = y0.to(V_m.dtype).to(V_m.device)
+    eo, ei = q.excl_out, q.excl_in
+    y_excl = (cs_t[eo] * cs_d[ei]) @ M.t()
+    either = (deg_t[eo] | deg_d[ei]).to(V_m.dtype)[:, None]
+    y_excl = y_excl * (1 - either) + y0[None, :] * either
+    dt = V_m.dtype
+    return {
+        "cs_d": cs_d,
+        "deg_d": deg_d.to(dt),
+        "cs_t": cs_t,
+        "deg_t": deg_t.to(dt),
+        "M": M,
+        "y0": y0,
+        "y_excl": y_excl,
+    }
+
+
+def dihedral_sum(dh: dict, x_tin: Tensor, q, n_qint: int) -> Tensor:
+    """z (n_triplet_out, L, C) = sum over the quadruplets d of each (c, a, b) of
+    Y_l(cos theta_cabd) x_d, without enumerating quadruplets."""
+    tin, tout = q.triplet_in, q.triplet_out
+    AB = segment_sum(dh["cs_d"][:, :, None] * x_tin[:, None, :], tin.out, n_qint)  # (n_q, 2L-1, C)
+    D = segment_sum(dh["deg_d"][:, None] * x_tin, tin.out, n_qint)  # degenerate d: theta = pi/2
+    e = tout.in_
+    ABe = AB[e]
+    z = torch.matmul(dh["M"], dh["cs_t"][:, :, None] * ABe)
+    rest = D[e] + dh["deg_t"][:, None] * ABe[:, 0]  # degenerate c: theta = pi/2 for every d
+    z = z + dh["y0"][None, :, None] * rest[:, None, :]
+    if q.excl_out.numel():
+        z = z.index_add(0, q.excl_out, -(dh["y_excl"][:, :, None] * x_tin[q.excl_in][:, None, :]))
+    return z
+
+
+def dihedral_sum_bruteforce(V_m: Tensor, V_q: Tensor, main, qint, x_tin: Tensor, n_atoms: int, L: int) -> Tensor:
+    """Reference for :func:`dihedral_sum`: enumerate the quadruplets (JMP ``get_quadruplets``) and
+    use JMP's dihedral formula on each."""
+    from atomsift.data.graphs import quadruplets
+
+    Q = quadruplets(main, qint, n_atoms)
+    tin, tout = Q.triplet_in, Q.triplet_out
+    V_ca = V_m[Q.out]
+    V_ba = V_q[tout.in_[Q.trip_out_to_quad]]
+    V_db = V_m[tin.in_[Q.trip_in_to_quad]]
+    u = torch.linalg.cross(V_ca, V_ba, dim=-1)
+    v = torch.linalg.cross(V_db, V_ba, dim=-1)
+    w = torch.linalg.cross(u, v, dim=-1)
+    y = torch.sqrt((w * w).sum(-1).clamp_min(1e-18))
+    x = (u * v).sum(-1)
+    Y = circular_basis(x / torch.sqrt(x * x + y * y), L)
+    return segment_sum(Y[:, :, None] * x_tin[Q.trip_in_to_quad][:, None, :], Q.trip_out_to_quad, tout.out.numel())
+
+
 class Bases(nn.Module):
     """Bases computed once per forward and shared by all blocks (JMP ``bases.py:Bases``)."""
 
@@ -144,19 +263,9 @@ class Bases(nn.Module):
         q = g.quad
         tin, tout = q.triplet_in, q.triplet_out
         cbf_qint = circular_basis(_cos(V_q[tin.out], V_m[tin.in_]), L)
-        # triplet_out: c->a (main) with b->a (qint): angle cab; dihedral per quadruplet
+        # triplet_out: c->a (main) with b->a (qint): angle cab; the dihedral enters factorised
         cos_phi = circular_basis(_cos(V_m[tout.out], V_q[tout.in_]), L)
-        V_ca = V_m[q.out]
-        V_ba = V_q[tout.in_[q.trip_out_to_quad]]
-        V_db = V_m[tin.in_[q.trip_in_to_quad]]
-        u = torch.linalg.cross(V_ca, V_ba, dim=-1)
-        v = torch.linalg.cross(V_db, V_ba, dim=-1)
-        w = torch.linalg.cross(u, v, dim=-1)
-        y = torch.sqrt((w * w).sum(-1).clamp_min(1e-18))  # |u x v| clamped >= 1e-9
-        x = (u * v).sum(-1)
-        cos_theta = x / torch.sqrt(x * x + y * y)  # cos(atan2(y, x)): unsigned dihedral
-        sbf_theta = circular_basis(cos_theta, L)
-
+        dihedral = dihedral_features(V_m, V_q, q, L)
         # qint cbf has no aggregation: per triplet_in vector sum_l R[qint edge][:, l] Y_l
         r_qint = self.mlp_cbf_qint(rbf_q)[tin.out]  # (n_tin, emb_cbf, L)
         cbf_qint_vec = (r_qint * cbf_qint[:, None, :]).sum(-1)
@@ -169,7 +278,7 @@ class Bases(nn.Module):
                 "cbf": cbf_qint_vec,
                 "R": self.mlp_sbf_qint(rbf_m),
                 "sph_phi": cos_phi,
-                "sph_theta": sbf_theta,
+                "dihedral": dihedral,
             },
             "aeint": {"rad": self.mlp_rbf_aeint(rbf_ae), "R": self.mlp_cbf_aeint(rbf_m), "sph": cbf_a2e},
             "eaint": {"rad": self.mlp_rbf_eaint(rbf_m), "R": self.mlp_cbf_eaint(rbf_ae), "sph": cbf_e2a},

@@ -80,7 +80,7 @@ def load_checkpoint(path, ema: bool = True) -> tuple[GemNetModel, dict]:
     if obj.get("format") == FORMAT:
         cfg = obj.get("config") or {}
         try:
-            model = GemNetModel(BackboneConfig(**cfg["backbone"]), {k: HeadSpec(**v) for k, v in cfg["heads"].items()}, size=cfg.get("size"))
+            model = _empty_model(BackboneConfig(**cfg["backbone"]), {k: HeadSpec(**v) for k, v in cfg["heads"].items()}, cfg.get("size"))
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"bad model config ({exc})", path=path, field="config") from exc
         _load_strict(model, obj["state_dict"], path)
@@ -92,6 +92,20 @@ def load_checkpoint(path, ema: bool = True) -> tuple[GemNetModel, dict]:
         model.eval()
         return model, meta
     raise InputError("neither an atomsift model nor a JMP checkpoint (no 'format' / 'state_dict' with backbone.* keys)", path=path)
+
+
+def _empty_model(cfg: BackboneConfig, heads: dict, size: str | None) -> GemNetModel:
+    """A model with uninitialised weights (built on the meta device: no init cost), to be filled
+    by a state dict."""
+    from atomsift.models.bases import RadialBasis
+
+    with torch.device("meta"):
+        model = GemNetModel(cfg, heads, size=size)
+    model = model.to_empty(device="cpu")
+    for mod in model.modules():
+        if isinstance(mod, RadialBasis):
+            mod.reset_buffers()
+    return model
 
 
 def _load_strict(model: GemNetModel, sd: dict, path: Path) -> None:
@@ -184,28 +198,20 @@ def _load_jmp(obj: dict, path: Path, ema: bool) -> tuple[GemNetModel, dict]:
     names = _jmp_task_names(obj, len(tasks))
     kind = "energy_direct_forces" if cfg.direct_forces else "energy"
     heads = {names[t]: HeadSpec(kind) for t in tasks}
-    model = GemNetModel(cfg, heads, size=_size_name(cfg))
+    model = _empty_model(cfg, heads, _size_name(cfg))
     mapped: dict[str, Tensor] = {}
     unmatched: list[str] = []
     for k, v in sd.items():
-        if k.startswith("task_steps"):
+        if k.startswith("backbone.") and (k.endswith("rbf.offset") or k.endswith("rbf.temps")):
+            if v.numel() not in (1, cfg.num_radial):  # deterministic buffers, recomputed here
+                unmatched.append(f"{k} {tuple(v.shape)}")
             continue
-        if k == "embedding.atom_embedding.weight":
-            mapped["embedding.weight"] = v
-        elif k.startswith("backbone."):
-            if k.endswith("rbf.offset") or k.endswith("rbf.temps"):
-                if v.numel() not in (1, cfg.num_radial):
-                    unmatched.append(f"{k} {tuple(v.shape)}")
-                continue
-            if ".seq_energy_pre." in k:
-                continue
-            mapped[k] = v
-        else:
-            m = re.match(r"output\.out_(energy|forces)\.(\d+)\.(.*)$", k)
-            if m and int(m.group(2)) < len(names):
-                mapped[f"heads.{names[int(m.group(2))]}.{m.group(1)}_mlp.{m.group(3)}"] = v
-            else:
+        ours = jmp_key_to_ours(k, names)
+        if ours is None:
+            if not (k.startswith("task_steps") or ".seq_energy_pre." in k):
                 unmatched.append(k)
+        else:
+            mapped[ours] = v
     if unmatched:
         shown = ", ".join(unmatched[:8]) + (f", ... ({len(unmatched)} in all)" if len(unmatched) > 8 else "")
         raise InputError(f"JMP checkpoint has keys with no counterpart: {shown}", path=path, field="state_dict")
@@ -215,6 +221,21 @@ def _load_jmp(obj: dict, path: Path, ema: bool) -> tuple[GemNetModel, dict]:
         if isinstance(obj.get(k), int):
             meta[k] = obj[k]
     return model, meta
+
+
+def jmp_key_to_ours(key: str, task_names: list[str]) -> str | None:
+    """Our parameter name for a JMP state-dict key; None for keys we do not load (radial-basis
+    buffers, the ``seq_energy_pre`` alias, metric state, unknown keys)."""
+    if key == "embedding.atom_embedding.weight":
+        return "embedding.weight"
+    if key.startswith("backbone."):
+        if key.endswith("rbf.offset") or key.endswith("rbf.temps") or ".seq_energy_pre." in key:
+            return None
+        return key
+    m = re.match(r"output\.out_(energy|forces)\.(\d+)\.(.*)$", key)
+    if m and int(m.group(2)) < len(task_names):
+        return f"heads.{task_names[int(m.group(2))]}.{m.group(1)}_mlp.{m.group(3)}"
+    return None
 
 
 def _size_name(cfg: BackboneConfig) -> str | None:

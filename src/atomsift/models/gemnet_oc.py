@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from atomsift.data.graphs import GraphSet
-from atomsift.models.bases import Bases, EdgeEmbedding
+from atomsift.models.bases import Bases, EdgeEmbedding, dihedral_sum
 from atomsift.models.layers import Dense, ResidualLayer, ScaleFactor, segment_sum
 
 INV_SQRT2 = 1.0 / math.sqrt(2.0)
@@ -196,7 +196,7 @@ class QuadrupletInteraction(nn.Module):
         self.up_projection_ca = Dense(emb_quad_out, emb_edge)
         self.up_projection_ac = Dense(emb_quad_out, emb_edge)
 
-    def forward(self, m: Tensor, basis: dict, quad, id_swap: Tensor) -> Tensor:
+    def forward(self, m: Tensor, basis: dict, quad, id_swap: Tensor, n_qint: int) -> Tensor:
         x = self.dense_db(m)
         x2 = x * self.mlp_rbf(basis["rad"])
         x = self.scale_rbf(x2, ref=x)
@@ -205,15 +205,14 @@ class QuadrupletInteraction(nn.Module):
         x = x[tin.in_]  # edges d->b, per triplet_in
         x2 = x * self.mlp_cbf(basis["cbf"])
         x = self.scale_cbf(x2, ref=x)
-        xq = x[quad.trip_in_to_quad]
         n_tout = tout.out.shape[0]
-        # sum over d of Y_l'(theta) x, per (c, a, b); then outer product with Y_l(phi_cab)
-        z = segment_sum(basis["sph_theta"][:, :, None] * xq[:, None, :], quad.trip_out_to_quad, n_tout)
+        # sum over d of Y_l'(theta_cabd) x_d per (c, a, b), factorised (bases.dihedral_sum)
+        z = dihedral_sum(basis["dihedral"], x, quad, n_qint)
         L = z.shape[1]
         w = (basis["sph_phi"][:, :, None, None] * z[:, None, :, :]).reshape(n_tout, L * L, -1)
         sx = segment_sum(w, tout.out, m.shape[0])  # (n_main, 49, C)
         y = self.mlp_sbf.project(basis["R"], sx)
-        y = self.scale_sbf_sum(y, ref=xq)
+        y = self.scale_sbf_sum(y, ref=x)
         return (self.up_projection_ca(y) + self.up_projection_ac(y)[id_swap]) * INV_SQRT2
 
 
@@ -304,7 +303,7 @@ class InteractionBlock(nn.Module):
         idx_s, idx_t = g.main.edge_index
         x_skip = self.dense_ca(m)
         x_e2e = self.trip_interaction(m, bases["tint"]["rad"], bases["tint"], g.trip, n_main, id_swap=id_swap)
-        x_qint = self.quad_interaction(m, bases["qint"], g.quad, id_swap)
+        x_qint = self.quad_interaction(m, bases["qint"], g.quad, id_swap, g.qint.num_edges)
         x_a2e = self.atom_edge_interaction(
             h, bases["aeint"]["rad"], bases["aeint"], g.a2e, n_main, id_swap=id_swap, expand_idx=g.a2ee2a.edge_index[0]
         )
