@@ -329,3 +329,11 @@ def test_local_end_to_end_run_makes_a_table_and_a_figure(tmp_path):
     values = [float(v) for ln in lines[1:] for v in ln.split(",")[6:]]
     assert all(v > 0 for v in values)
     assert (wd / "results/figures/fig3.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_lint_is_clean(tmp_path):
+    """Every rule has a log and a conda env, no path composition with '+', ... (snakemake --lint)."""
+    wd = workdir(tmp_path)
+    for args in ((), ("--configfile", "workflow/configs/paper.yaml")):
+        res = snakemake(wd, "--lint", *args)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

@@ -11,7 +11,8 @@ import sys
 from atomsift.errors import InputError
 from atomsift.report import grid as G
 
-CONFIG_SOURCE = ", ".join(os.path.relpath(f) for f in workflow.overwrite_configfiles) or "config.yaml"
+CONFIG_FILES = [os.path.relpath(f) for f in workflow.overwrite_configfiles] or ["config.yaml"]
+CONFIG_SOURCE = ", ".join(CONFIG_FILES)
 
 # validate() with a one-line message naming the field (snakemake.utils.validate dumps the
 # whole schema); the code reads optional keys with their schema defaults.
@@ -44,8 +45,8 @@ wildcard_constraints:
     task=r"[A-Za-z0-9][A-Za-z0-9.-]*",
     backbone=r"[A-Za-z0-9][A-Za-z0-9.-]*",
     extractor=r"[A-Za-z0-9][A-Za-z0-9.-]*",
-    budget=r"[0-9]+x[0-9]+|none",
-    seed=r"[0-9]+",
+    budget=r"[0-9]{1,}x[0-9]{1,}|none",
+    seed=r"[0-9]{1,}",
     sampling=r"balanced|random",
     agg=r"flat|mean|sum|max",
     kind=r"id|ood",
@@ -71,7 +72,7 @@ def prepare_args(wildcards, input):
     if source:
         args += ["--source", str(source)]
     for key, value in spec.get("options", {}).items():
-        flag = "--" + key.replace("_", "-")
+        flag = f"--{key.replace('_', '-')}"
         if value is True:
             args.append(flag)
         elif value is not False:
