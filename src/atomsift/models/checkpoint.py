@@ -234,7 +234,8 @@ def jmp_key_to_ours(key: str, task_names: list[str]) -> str | None:
         return key
     m = re.match(r"output\.out_(energy|forces)\.(\d+)\.(.*)$", key)
     if m and int(m.group(2)) < len(task_names):
-        return f"heads.{task_names[int(m.group(2))]}.{m.group(1)}_mlp.{m.group(3)}"
+        mlp = "energy_mlp" if m.group(1) == "energy" else "force_mlp"
+        return f"heads.{task_names[int(m.group(2))]}.{mlp}.{m.group(3)}"
     return None
 
 
