@@ -110,6 +110,91 @@ def make_spice(dest: Path, n: int, rng):
     return F.write_spice(dest / "SPICE-1.1.4.hdf5", seed=1, spec=spec), {}
 
 
+# ------------------------------------------------------------------------------ materials sources
+
+
+def _oc_data(rng, na: int, names=("y", "force")):
+    """One OC20-layout torch_geometric Data (float32 tensors as in the released LMDBs)."""
+    import torch
+    from torch_geometric.data import Data
+
+    e, f = names
+    return Data(**{
+        "pos": torch.from_numpy(rng.uniform(0, 12, (na, 3)).astype(np.float32)),
+        "cell": torch.tensor([[[11.0, 0, 0], [0.5, 11.5, 0], [0, 0, 35.0]]]),
+        "atomic_numbers": torch.from_numpy(rng.choice([1, 6, 7, 8, 13, 29, 34, 78], na).astype(np.float32)),
+        "natoms": na, "tags": torch.from_numpy(np.r_[np.full(na - 4, 1), np.full(4, 2)]),
+        "fixed": torch.from_numpy((np.arange(na) < na // 2).astype(np.float32)),
+        e: float(rng.normal()), f: torch.from_numpy(rng.normal(size=(na, 3)).astype(np.float32)),
+        "sid": int(rng.integers(0, 2_000_000)), "fid": int(rng.integers(0, 300)),
+    })
+
+
+@bench("oc20")
+def make_oc20(dest: Path, n: int, rng):
+    """An S2EF LMDB of n entries of 50-100 atoms (OC20 averages ~73), PyG 2 pickles with the released
+    names y / force and float32 tensors. 1,000 distinct pickles are written round-robin under
+    distinct keys (decoding cost per entry is what is measured), plus the b"length" key."""
+    import pickle
+
+    import lmdb
+
+    blobs = [pickle.dumps(_oc_data(rng, int(rng.integers(50, 101))), protocol=pickle.HIGHEST_PROTOCOL) for _ in range(1000)]
+    path = dest / "data.0000.lmdb"
+    env = lmdb.open(str(path), subdir=False, map_size=1 << 40, meminit=False)
+    for start in range(0, n, 50_000):
+        with env.begin(write=True) as txn:
+            for i in range(start, min(n, start + 50_000)):
+                txn.put(str(i).encode(), blobs[i % len(blobs)])
+    with env.begin(write=True) as txn:
+        txn.put(b"length", pickle.dumps(n))
+    env.close()
+    return path, {}
+
+
+def _pmg_structure(rng, na: int):
+    els = ["Zn", "Cu", "O", "C", "H", "N"]
+    cell = np.diag(rng.uniform(8, 14, 3)) + np.triu(rng.uniform(0, 1, (3, 3)), 1)
+    frac = rng.uniform(0, 1, (na, 3))
+    xyz = frac @ cell
+    return {"@module": "pymatgen.core.structure", "@class": "Structure", "charge": 0,
+            "lattice": {"matrix": cell.round(8).tolist(), "pbc": [True, True, True]},
+            "sites": [{"species": [{"element": el, "occu": 1}], "abc": a.round(8).tolist(), "xyz": x.round(8).tolist(),
+                       "label": el, "properties": {}}
+                      for el, a, x in zip(rng.choice(els, na), frac, xyz)]}
+
+
+@bench("qmof")
+def make_qmof(dest: Path, n: int, rng):
+    """qmof.json + qmof_structure_data.json with min(n, 20,373) MOFs (the release size) of 40-160 atoms."""
+    import json
+
+    n = min(n, 20_373)
+    d = dest / "qmof_database"
+    d.mkdir()
+    ids = [f"qmof-{i:07x}" for i in range(n)]
+    with open(d / "qmof.json", "w") as fh:
+        json.dump([{"qmof_id": q, "name": q, "info": {}, "outputs": {"pbe": {"bandgap": float(rng.uniform(0, 5))}}}
+                   for q in ids], fh)
+    with open(d / "qmof_structure_data.json", "w") as fh:
+        json.dump([{"qmof_id": q, "name": q, "structure": _pmg_structure(rng, int(rng.integers(40, 161)))} for q in ids], fh)
+    return d, {}
+
+
+@bench("matbench")
+def make_matbench(dest: Path, n: int, rng):
+    """matbench_mp_e_form.json.gz (pandas split orient) with min(n, 132,752) structures of 2-40 atoms."""
+    import gzip
+    import json
+
+    n = min(n, 132_752)
+    path = dest / "matbench_mp_e_form.json.gz"
+    with gzip.open(path, "wt", compresslevel=1) as fh:
+        json.dump({"index": [f"mb-mp-e-form-{i + 1:06d}" for i in range(n)], "columns": ["structure", "e_form"],
+                   "data": [[_pmg_structure(rng, int(rng.integers(2, 41))), float(rng.normal())] for i in range(n)]}, fh)
+    return path, {}
+
+
 # ------------------------------------------------------------------------------------------ runner
 
 
