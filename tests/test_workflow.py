@@ -337,3 +337,19 @@ def test_lint_is_clean(tmp_path):
     for args in ((), ("--configfile", "workflow/configs/paper.yaml")):
         res = snakemake(wd, "--lint", *args)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "workflow/configs/paper.yaml", "workflow/configs/ci.yaml"])
+def test_every_run_file_is_a_valid_training_config(name):
+    """The run files the DAG writes pass the training verbs' own validation (docs/training.md)."""
+    train = pytest.importorskip("atomsift.train.config")
+    config = load(ROOT / name)
+    runs = G.pretrain_runs(config)
+    assert runs
+    for u, b, bb in runs:
+        c = train.pretrain_config_from_dict(G.pretrain_run(config, u, b, bb), f"{u}.yaml")
+        n, e = G.parse_budget(b)
+        assert (c.n_structures, c.epochs) == (n, e)
+    for cell in G.all_cells(config):
+        c = train.finetune_config_from_dict(G.finetune_run(config, cell.task, cell.backbone, cell.seed), "ft.yaml")
+        assert c.seed == cell.seed and c.store == G.store_dir(config["tasks"][cell.task]["dataset"])

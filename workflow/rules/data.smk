@@ -15,15 +15,15 @@ rule generate:
         f"{LOGS}/generate/{{dataset}}.log",
     benchmark:
         f"{BENCH}/generate/{{dataset}}.tsv"
-    threads: 1
+    threads: 2
     resources:
         mem_mb=4000,
         runtime=120,
     conda:
         ENV
     shell:
-        "OMP_NUM_THREADS={threads} atomsift generate {params.name} --out {output} "
-        "--n {params.n} --seed {params.seed} > {log} 2>&1"
+        "atomsift generate {params.name} --out {output} --n {params.n} --seed {params.seed} "
+        "--workers {threads} > {log} 2>&1"
 
 
 rule download:
