@@ -90,3 +90,15 @@ def test_shape_mismatch_is_an_input_error():
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
     with pytest.raises(InputError, match="non-finite"):
         frechet_distance(np.zeros(2), np.eye(2), np.array([0.0, np.nan]), np.eye(2))
+
+
+def test_cholesky_and_eigh_paths_agree():
+    rng = np.random.default_rng(6)
+    s1, s2 = _spd(rng, 96), _spd(rng, 96, scale=0.7)
+    a = trace_sqrt_product(s1, s2, method="eigh")
+    b = trace_sqrt_product(s1, s2, method="cholesky")
+    assert a == pytest.approx(b, rel=1e-12)
+    # a singular S1 must not take the Cholesky path in auto mode
+    x = rng.normal(size=(30, 96))
+    s_low = np.cov(x, rowvar=False)
+    assert trace_sqrt_product(s_low, s2) == pytest.approx(trace_sqrt_product(s_low, s2, method="eigh"), rel=1e-12)

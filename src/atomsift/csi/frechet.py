@@ -9,7 +9,8 @@ diag(sqrt w) (V^T S2 V) diag(sqrt w). Two symmetric eigendecompositions therefor
 trace without ever forming the square root of the non-symmetric product, so the result is real
 and finite for singular or rank-deficient covariances (n < d), where ``scipy.linalg.sqrtm`` of
 the product goes complex or non-finite. Directions where S1 has no variance add nothing to the
-trace and are dropped before the second decomposition.
+trace and are dropped before the second decomposition. When S1 is well conditioned its Cholesky
+factor L gives the same eigenvalues as L^T S2 L at about half the cost (used automatically).
 """
 
 from __future__ import annotations
@@ -31,22 +32,38 @@ def _check(mu1, s1, mu2, s2):
     return mu1, s1, mu2, s2
 
 
-def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
-    """Tr (S1 S2)^(1/2) for symmetric PSD S1, S2, by symmetric eigendecompositions."""
-    from scipy.linalg import eigh
+def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray, method: str = "auto") -> float:
+    """Tr (S1 S2)^(1/2) for symmetric PSD S1, S2: sum of sqrt(eigenvalues of a symmetric matrix).
+
+    ``eigh``: S1 = V diag(w) V^T, eigenvalues of diag(sqrt w) V^T S2 V diag(sqrt w) over the
+    directions where S1 has variance (robust to any rank deficiency).
+    ``cholesky``: S1 = L L^T, eigenvalues of L^T S2 L (the same numbers, about twice as fast; only
+    for well-conditioned S1). ``auto`` takes the Cholesky path when S1's pivots are all above
+    1e-10 of the largest and the eigh path otherwise.
+    """
+    from scipy.linalg import LinAlgError, cholesky, eigh
 
     s1 = 0.5 * (s1 + s1.T)
     s2 = 0.5 * (s2 + s2.T)
-    w, v = eigh(s1, driver="evd", overwrite_a=True, check_finite=False)
-    # eigenvalues below round-off are noise around zero: clip them (a PSD matrix has none < 0)
-    tol = max(float(w.max(initial=0.0)), 0.0) * w.size * np.finfo(np.float64).eps
-    keep = w > tol
-    if not keep.any():
-        return 0.0
-    v = v[:, keep]
-    r = np.sqrt(w[keep])
-    m = v.T @ s2 @ v
-    m = (r[:, None] * m) * r[None, :]
+    m = None
+    if method in ("auto", "cholesky"):
+        try:
+            low = cholesky(s1, lower=True, check_finite=False)
+            piv = np.diag(low) ** 2
+            if method == "cholesky" or piv.min() > 1e-10 * piv.max():
+                m = low.T @ s2 @ low
+        except LinAlgError:
+            if method == "cholesky":
+                raise
+    if m is None:
+        w, v = eigh(s1, driver="evd", overwrite_a=True, check_finite=False)
+        # eigenvalues below round-off are noise around zero: drop them (a PSD matrix has none < 0)
+        tol = max(float(w.max(initial=0.0)), 0.0) * w.size * np.finfo(np.float64).eps
+        keep = w > tol
+        if not keep.any():
+            return 0.0
+        b = v[:, keep] * np.sqrt(w[keep])[None, :]
+        m = b.T @ s2 @ b
     m = 0.5 * (m + m.T)
     ev = eigh(m, eigvals_only=True, driver="evr", overwrite_a=True, check_finite=False)
     return float(np.sqrt(np.clip(ev, 0.0, None)).sum())
