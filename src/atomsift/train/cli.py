@@ -1,7 +1,68 @@
-"""Verbs of atomsift.train (filled in by its issue)."""
+"""Verbs of atomsift.train: ``pretrain`` and ``finetune`` (one YAML run file each)."""
 
 from __future__ import annotations
+
+import sys
 
 
 def register(sub) -> None:
     """Add this package's verbs to the atomsift parser."""
+    p = sub.add_parser("pretrain", help="budgeted pretraining (N structures x E epochs) from a YAML run file",
+                       description="Pretrain GemNet-OC on N structures from one upstream store or a mixture for E "
+                                   "epochs. Rerunning the same command resumes from OUT/last.ckpt; a finished OUT "
+                                   "(metrics.json present) is reported, not retrained. Keys: docs/training.md.")
+    p.add_argument("--config", required=True, help="run file (YAML)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--json", action="store_true", help="print metrics.json on stdout")
+    p.set_defaults(func=_pretrain)
+
+    f = sub.add_parser("finetune", help="finetune on one downstream task from a YAML run file",
+                       description="Finetune on one task (rmd17, md22, spice, qm9, qmof, matbench) with the paper's "
+                                   "recipe; test MAE in the paper's units in OUT/metrics.json. Keys: docs/training.md.")
+    f.add_argument("--config", required=True, help="run file (YAML)")
+    f.add_argument("--pretrained", required=True, help="our model.pt, a JMP checkpoint (jmp-s.pt / jmp-l.pt), or 'none'")
+    f.add_argument("--out", required=True, help="output directory")
+    f.add_argument("--json", action="store_true", help="print metrics.json on stdout")
+    f.set_defaults(func=_finetune)
+
+
+def _summary(m: dict, keys) -> str:
+    return ", ".join(f"{k}={m[k]}" for k in keys if k in m)
+
+
+def _pretrain(args) -> int:
+    from atomsift.train.config import load_pretrain_config
+
+    cfg = load_pretrain_config(args.config)  # validated before any heavy import
+    from atomsift.cli import print_json
+    from atomsift.train.pretrain import BudgetError, run_pretrain
+
+    try:
+        m = run_pretrain(cfg, args.out, config_path=args.config)
+    except BudgetError as exc:
+        print(f"atomsift pretrain: error: {exc}", file=sys.stderr)
+        return 1
+    if not m:  # non-zero DDP rank
+        return 0
+    if args.json:
+        print_json(m)
+    else:
+        print(f"pretrain: {_summary(m, ('structures_seen', 'steps', 'best_val_loss', 'wall_time_s'))}", file=sys.stderr)
+    return 0
+
+
+def _finetune(args) -> int:
+    from atomsift.train.config import load_finetune_config
+
+    cfg = load_finetune_config(args.config)
+    from atomsift.cli import print_json
+    from atomsift.train.finetune import run_finetune
+
+    m = run_finetune(cfg, args.out, args.pretrained, config_path=args.config)
+    if not m:
+        return 0
+    if args.json:
+        print_json(m)
+    else:
+        print(f"finetune: {_summary(m, ('task', 'target', 'test_mae', 'unit', 'tested_weights', 'wall_time_s'))}", file=sys.stderr)
+    return 0

@@ -52,6 +52,7 @@ class RuntimeConfig:
     val_every_n_steps: Optional[int] = None  # default: validate once per epoch
     progress_bar: Optional[bool] = None  # default: only when stderr is a TTY
     record_seen: bool = False  # write DIR/seen_rank{r}.json (structure ids per epoch) for audits
+    scale_fit_batches: int = 16  # GemNet-OC scale factors fitted on this many batches from random init (0: keep defaults)
 
 
 @dataclass
@@ -239,6 +240,7 @@ def _check_runtime(c: RuntimeConfig, p: Path) -> None:
     _check(c.threads is None or c.threads >= 1, p, "threads", "must be >= 1")
     _check(c.checkpoint_every_n_steps >= 1, p, "checkpoint_every_n_steps", "must be >= 1")
     _check(c.val_every_n_steps is None or c.val_every_n_steps >= 1, p, "val_every_n_steps", "must be >= 1")
+    _check(c.scale_fit_batches >= 0, p, "scale_fit_batches", "must be >= 0")
 
 
 def validate_pretrain(c: PretrainConfig, p: Path) -> PretrainConfig:
