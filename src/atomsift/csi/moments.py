@@ -192,7 +192,10 @@ def accumulate_batches(batches: Iterable, extractor: Callable, agg: str = "flat"
             if feats.ndim != 2 or feats.shape[0] != batch.numbers.shape[0]:
                 raise RuntimeError(f"extractor returned shape {tuple(feats.shape)} for a batch of {batch.numbers.shape[0]} atoms")
             samples = aggregate(feats, batch.batch.to(feats.device), batch.num_graphs, agg)
-            acc.add(samples.detach().to("cpu", torch.float64).numpy())
+            samples = samples.detach().to("cpu")
+            if samples.dtype not in (torch.float32, torch.float64):  # half / bfloat16 have no numpy view
+                samples = samples.float()
+            acc.add(samples.numpy())  # cast to float64 while copied into the accumulator's block
     return acc.result()
 
 
