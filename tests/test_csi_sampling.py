@@ -158,3 +158,17 @@ def test_coverage_cli(class_store, capsys):
     assert res["total_classes"] == k
     assert res["balanced"] == k  # t = 24 // k >= 2 per class covers every class of the train split
     assert 1 <= res["random"] <= 12
+
+
+def test_coverage_json_renders_figure(class_store, tmp_path, capsys):
+    js = tmp_path / "cov.json"
+    assert main(["coverage", "--store", str(class_store), "--n", "10", "--out", str(js)]) == 0
+    png = tmp_path / "fig9.png"
+    assert main(["csi-figure", "--kind", "coverage", "--table", str(js), "--out", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"dataset": "x", "total_classes": 3, "random": "many"}))
+    capsys.readouterr()
+    assert main(["csi-figure", "--kind", "coverage", "--table", str(bad), "--out", str(png)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad.json" in err and "field 'random'" in err
