@@ -139,19 +139,52 @@ class QuadTriplets:
 
 
 @dataclass
+class Padded:
+    """Per-target-atom dense layout of a target-sorted graph: ``index`` (N, K) holds the edge ids
+    into each atom (padding = E, one past the last edge), ``slot`` (E,) each edge's column.
+
+    The triplets of GemNet-OC (every pair of edges into the same atom) become dense (K x K) blocks
+    per atom, so the triplet sums are batched matrix products instead of per-triplet tensors.
+    """
+
+    index: Tensor
+    mask: Tensor
+    slot: Tensor
+    K: int
+
+
+def padded(g: Graph, n_atoms: int) -> Padded:
+    t = g.edge_index[1]
+    deg = torch.bincount(t, minlength=n_atoms)
+    K = int(deg.max()) if deg.numel() and t.numel() else 0
+    slot = ragged_arange(deg)
+    index = torch.full((n_atoms, max(K, 1)), t.numel(), dtype=torch.long, device=t.device)
+    index[t, slot] = torch.arange(t.numel(), device=t.device)
+    return Padded(index, index < t.numel(), slot, max(K, 1))
+
+
+@dataclass
 class GraphSet:
-    """Everything the backbone needs about connectivity, for one batch."""
+    """Everything the backbone needs about connectivity, for one batch. The triplet lists of
+    JMP (``trip``, ``a2e``, ``e2a``) are built on request (:meth:`triplet_lists`); the model uses
+    the equivalent dense per-atom layouts ``main_pad`` and ``a2ee2a_pad``."""
 
     main: Graph
     a2a: Graph
     a2ee2a: Graph
     qint: Graph
-    trip: Triplets
-    a2e: Triplets
-    e2a: Triplets
     quad: QuadTriplets
-    a2a_inner: Tensor
-    a2ee2a_inner: Tensor
+    main_pad: Padded
+    a2ee2a_pad: Padded
+    n_atoms: int
+
+    def triplet_lists(self) -> dict[str, Triplets]:
+        N = self.n_atoms
+        return {
+            "trip": triplets(self.main, N),
+            "a2e": mixed_triplets(self.a2ee2a, self.main, N),
+            "e2a": mixed_triplets(self.main, self.a2ee2a, N),
+        }
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -479,12 +512,10 @@ def build_graphs(
         a2a=a2a,
         a2ee2a=a2ee2a,
         qint=qint,
-        trip=triplets(main, N),
-        a2e=mixed_triplets(a2ee2a, main, N),
-        e2a=mixed_triplets(main, a2ee2a, N),
         quad=quadruplet_triplets(main, qint, N),
-        a2a_inner=ragged_arange(torch.bincount(a2a.edge_index[1], minlength=N)),
-        a2ee2a_inner=ragged_arange(torch.bincount(a2ee2a.edge_index[1], minlength=N)),
+        main_pad=padded(main, N),
+        a2ee2a_pad=padded(a2ee2a, N),
+        n_atoms=N,
     )
 
 

@@ -219,6 +219,35 @@ def dihedral_sum_bruteforce(V_m: Tensor, V_q: Tensor, main, qint, x_tin: Tensor,
     return segment_sum(Y[:, :, None] * x_tin[Q.trip_in_to_quad][:, None, :], Q.trip_out_to_quad, tout.out.numel())
 
 
+def _pad(x: Tensor, index: Tensor) -> Tensor:
+    """Rows of ``x`` laid out by a padded index (padding -> zeros)."""
+    return torch.cat([x, x.new_zeros((1,) + tuple(x.shape[1:]))])[index]
+
+
+def pair_block(V_out: Tensor, V_in: Tensor, pad_out, pad_in, g_out, g_in, L: int, same_graph: bool = False) -> Tensor:
+    """(N, Kc * L, Kb): Y_l(cos angle(c->a, b->a)) for every out-edge slot c and in-edge slot b
+    of each atom a, zero for padding and for excluded pairs (the same edge for e2e; the same
+    source atom in the same image for mixed triplets). Row c*L + l, column b."""
+    Vo = _pad(V_out, pad_out.index)
+    Vi = _pad(V_in, pad_in.index)
+    cos = torch.bmm(Vo, Vi.transpose(1, 2)).clamp(-1.0, 1.0)
+    valid = pad_out.mask[:, :, None] & pad_in.mask[:, None, :]
+    if same_graph:
+        valid = valid & ~torch.eye(valid.shape[1], dtype=torch.bool, device=valid.device)[None]
+    else:
+        so = _pad(g_out.edge_index[0], pad_out.index)
+        si = _pad(g_in.edge_index[0], pad_in.index)
+        same = so[:, :, None] == si[:, None, :]
+        if bool(g_out.cell_offset.any()) or bool(g_in.cell_offset.any()):
+            oo = _pad(g_out.cell_offset, pad_out.index)
+            oi = _pad(g_in.cell_offset, pad_in.index)
+            same = same & (oo[:, :, None, :] == oi[:, None, :, :]).all(-1)
+        valid = valid & ~same
+    Y = circular_basis(cos, L) * valid[..., None].to(cos.dtype)  # (N, Kc, Kb, L)
+    N, Kc, Kb, _ = Y.shape
+    return Y.permute(0, 1, 3, 2).reshape(N, Kc * L, Kb)
+
+
 class Bases(nn.Module):
     """Bases computed once per forward and shared by all blocks (JMP ``bases.py:Bases``)."""
 
@@ -254,11 +283,12 @@ class Bases(nn.Module):
         rbf_q = self.radial_basis(d_q)
         rbf_aa = self.radial_basis(d_aa)
 
-        # e2e triplets: angle between c->a (out) and b->a (in), both main
-        cbf_t = circular_basis(_cos(V_m[g.trip.out], V_m[g.trip.in_]), L)
-        # a2e: out main c->a, in a2ee2a b->a; e2a: out a2ee2a c->a, in main b->a
-        cbf_a2e = circular_basis(_cos(V_m[g.a2e.out], V_ae[g.a2e.in_]), L)
-        cbf_e2a = circular_basis(_cos(V_ae[g.e2a.out], V_m[g.e2a.in_]), L)
+        # triplets as dense per-atom blocks (every pair of edges into the same atom a):
+        # e2e c->a, b->a both main; a2e out main, in a2ee2a; e2a out a2ee2a, in main
+        mp, ap = g.main_pad, g.a2ee2a_pad
+        Y_t = pair_block(V_m, V_m, mp, mp, g.main, g.main, L, same_graph=True)
+        Y_a2e = pair_block(V_m, V_ae, mp, ap, g.main, g.a2ee2a, L)
+        Y_e2a = pair_block(V_ae, V_m, ap, mp, g.a2ee2a, g.main, L)
         # quadruplets: triplet_in d->b (main) into b->a (qint): angle abd
         q = g.quad
         tin, tout = q.triplet_in, q.triplet_out
@@ -270,9 +300,14 @@ class Bases(nn.Module):
         r_qint = self.mlp_cbf_qint(rbf_q)[tin.out]  # (n_tin, emb_cbf, L)
         cbf_qint_vec = (r_qint * cbf_qint[:, None, :]).sum(-1)
 
+        R_e2a = self.mlp_cbf_eaint(rbf_ae)  # (n_a2ee2a, emb_cbf, L), padded per target atom
+        R_e2a = torch.cat([R_e2a, R_e2a.new_zeros((1,) + R_e2a.shape[1:])])[ap.index]  # (N, Kae, I, L)
+        N, Kae, I, _ = R_e2a.shape
+        R_e2a = R_e2a.permute(0, 2, 1, 3).reshape(N, I, Kae * L)
+        t_m, t_ae = g.main.edge_index[1], g.a2ee2a.edge_index[1]
         bases = {
             "rbf_main": rbf_m,
-            "tint": {"rad": self.mlp_rbf_tint(rbf_m), "R": self.mlp_cbf_tint(rbf_m), "sph": cbf_t},
+            "tint": {"rad": self.mlp_rbf_tint(rbf_m), "R": self.mlp_cbf_tint(rbf_m), "Y": Y_t, "in_index": mp.index, "out_t": t_m, "out_slot": mp.slot},
             "qint": {
                 "rad": self.mlp_rbf_qint(rbf_m),
                 "cbf": cbf_qint_vec,
@@ -280,8 +315,8 @@ class Bases(nn.Module):
                 "sph_phi": cos_phi,
                 "dihedral": dihedral,
             },
-            "aeint": {"rad": self.mlp_rbf_aeint(rbf_ae), "R": self.mlp_cbf_aeint(rbf_m), "sph": cbf_a2e},
-            "eaint": {"rad": self.mlp_rbf_eaint(rbf_m), "R": self.mlp_cbf_eaint(rbf_ae), "sph": cbf_e2a},
+            "aeint": {"rad": self.mlp_rbf_aeint(rbf_ae), "R": self.mlp_cbf_aeint(rbf_m), "Y": Y_a2e, "in_index": ap.index, "out_t": t_m, "out_slot": mp.slot},
+            "eaint": {"rad": self.mlp_rbf_eaint(rbf_m), "R_pad": R_e2a, "Y": Y_e2a, "in_index": mp.index},
             "aint": self.mlp_rbf_aint(rbf_aa),
             "h": self.mlp_rbf_h(rbf_m),
             "out": self.mlp_rbf_out(rbf_m),

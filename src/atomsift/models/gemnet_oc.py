@@ -153,28 +153,29 @@ class TripletInteraction(nn.Module):
         x_in: Tensor,
         rad: Tensor,
         basis: dict,
-        trip,
-        n_out: int,
         id_swap: Tensor | None = None,
         expand_idx: Tensor | None = None,
-        agg2_idx: Tensor | None = None,
-        agg2_size: int = 0,
     ) -> Tensor:
+        """``basis``: "Y" (N, Kc*L, Kb) angular blocks, "in_index" (N, Kb) padded in-edges, and
+        either "R" (out edges, emb_cbf, L) with "out_t" / "out_slot", or "R_pad" (N, emb_cbf,
+        Kc*L) for the fused edge -> atom aggregation."""
         x = self.dense_ba(x_in)
         if expand_idx is not None:
             x = x[expand_idx]
         x2 = x * self.mlp_rbf(rad)
         x = self.scale_rbf(x2, ref=x)
-        x = self.down_projection(x)
-        x_trip = x[trip.in_]
-        sx = self.mlp_cbf.aggregate(basis["sph"], x_trip, trip.out, n_out)  # per output edge
-        if agg2_idx is None:
-            y = self.mlp_cbf.project(basis["R"], sx)
-        else:  # fused second aggregation (edges -> target atoms); W_bil is linear, so sum first
-            y = torch.bmm(basis["R"], sx)
-            y = segment_sum(y, agg2_idx, agg2_size)
+        x = self.down_projection(x)  # per input edge
+        X = torch.cat([x, x.new_zeros(1, x.shape[1])])[basis["in_index"]]  # (N, Kb, C)
+        S = torch.bmm(basis["Y"], X)  # (N, Kc*L, C): sum_b Y_l(angle cab) x_b for every out slot c
+        if "R_pad" in basis:  # edge -> atom: sum over out edges c of R_c . S_c, then W_bil
+            y = torch.bmm(basis["R_pad"], S)
             y = self.mlp_cbf.bilinear(y.reshape(y.shape[0], -1))
-        y = self.scale_cbf_sum(y, ref=x_trip)
+        else:
+            N, KL, C = S.shape
+            L = basis["R"].shape[2]
+            sx = S.view(N, KL // L, L, C)[basis["out_t"], basis["out_slot"]]  # (E_out, L, C)
+            y = self.mlp_cbf.project(basis["R"], sx)
+        y = self.scale_cbf_sum(y, ref=x)
         if self.symmetric:
             return (self.up_projection_ca(y) + self.up_projection_ac(y)[id_swap]) * INV_SQRT2
         return self.up_projection_ca(y)
@@ -302,14 +303,10 @@ class InteractionBlock(nn.Module):
         id_swap = g.main.id_swap
         idx_s, idx_t = g.main.edge_index
         x_skip = self.dense_ca(m)
-        x_e2e = self.trip_interaction(m, bases["tint"]["rad"], bases["tint"], g.trip, n_main, id_swap=id_swap)
+        x_e2e = self.trip_interaction(m, bases["tint"]["rad"], bases["tint"], id_swap=id_swap)
         x_qint = self.quad_interaction(m, bases["qint"], g.quad, id_swap, g.qint.num_edges)
-        x_a2e = self.atom_edge_interaction(
-            h, bases["aeint"]["rad"], bases["aeint"], g.a2e, n_main, id_swap=id_swap, expand_idx=g.a2ee2a.edge_index[0]
-        )
-        h_e2a = self.edge_atom_interaction(
-            m, bases["eaint"]["rad"], bases["eaint"], g.e2a, g.a2ee2a.num_edges, agg2_idx=g.a2ee2a.edge_index[1], agg2_size=N
-        )
+        x_a2e = self.atom_edge_interaction(h, bases["aeint"]["rad"], bases["aeint"], id_swap=id_swap, expand_idx=g.a2ee2a.edge_index[0])
+        h_e2a = self.edge_atom_interaction(m, bases["eaint"]["rad"], bases["eaint"])
         h_a2a = self.atom_interaction(h, bases["aint"], g.a2a.edge_index)
         x = (x_skip + x_e2e + x_qint + x_a2e) * 0.5
         h = (h + h_e2a + h_a2a) * (1.0 / math.sqrt(3.0))
