@@ -196,6 +196,12 @@ def _coerce(value: Any, tp, path: Path, key: str):
         if not isinstance(value, bool):
             raise bad()
         return value
+    if tp in (int, float) and isinstance(value, str):
+        # PyYAML reads 2.0e6 (no sign in the exponent) as a string: accept numeric text
+        try:
+            value = float(value)
+        except ValueError:
+            raise bad() from None
     if tp is int:
         if isinstance(value, bool):
             raise bad()

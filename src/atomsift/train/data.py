@@ -249,10 +249,13 @@ class ResumableLoader(torch.utils.data.DataLoader):
 
     def load_state_dict(self, state: dict) -> None:
         bs = self.batch_sampler
-        if isinstance(bs, EpochBatchSampler) and state.get("batches", 0) < len(bs):
-            bs.set_epoch(state["epoch"])
-            bs.skip(state["batches"])
-        self.progress.update(epoch=state.get("epoch", 0), batches=state.get("batches", 0))
+        epoch, done = int(state.get("epoch", 0)), int(state.get("batches", 0))
+        if isinstance(bs, EpochBatchSampler):
+            if done >= len(bs):  # saved after an epoch's last batch: the next one starts afresh
+                epoch, done = epoch + 1, 0
+            bs.set_epoch(epoch)
+            bs.skip(done)
+        self.progress.update(epoch=epoch, batches=done)
 
 
 def make_loader(dataset: MixedDataset, sampler: EpochBatchSampler, collate_fn: Collate, num_workers: int, progress: dict | None = None):

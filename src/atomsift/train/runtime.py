@@ -28,6 +28,35 @@ def accelerator_name(cfg) -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
+def _resume_checkpoint_class():
+    import lightning.pytorch as pl
+
+    class ResumeCheckpoint(pl.Callback):
+        """Keep ``last.ckpt`` current for resuming: every n optimizer steps inside an epoch and at
+        each epoch end after its validation (so a resumed run never skips a validation). Written
+        to a temporary name and renamed, so a kill mid-write leaves the previous one intact."""
+
+        def __init__(self, path: Path, every: int):
+            self.path = Path(path)
+            self.every = int(every)
+
+        def _save(self, trainer) -> None:
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            trainer.save_checkpoint(tmp)  # all ranks take part; rank 0 writes
+            if trainer.is_global_zero:
+                os.replace(tmp, self.path)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            last_of_epoch = batch_idx + 1 >= trainer.num_training_batches
+            if not last_of_epoch and trainer.global_step % self.every == 0:
+                self._save(trainer)
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            self._save(trainer)
+
+    return ResumeCheckpoint
+
+
 def make_trainer(cfg, out: Path, *, max_epochs: int, callbacks: list, monitor: str, gradient_clip_val: float,
                  gradient_clip_algorithm: str, find_unused_parameters: bool):
     """A Lightning Trainer for one run writing into ``out`` (checkpoints, CSV logs)."""
@@ -36,6 +65,7 @@ def make_trainer(cfg, out: Path, *, max_epochs: int, callbacks: list, monitor: s
     from lightning.pytorch.loggers import CSVLogger
     from lightning.pytorch.strategies import DDPStrategy
 
+    ResumeCheckpoint = _resume_checkpoint_class()
     accel = accelerator_name(cfg)
     world = cfg.devices * cfg.num_nodes
     slurm_multi = int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in os.environ
@@ -46,8 +76,7 @@ def make_trainer(cfg, out: Path, *, max_epochs: int, callbacks: list, monitor: s
         strategy = "auto"
     best = ModelCheckpoint(dirpath=out, filename="best", monitor=monitor, mode="min", save_top_k=1,
                            enable_version_counter=False, save_on_train_epoch_end=False)
-    last = ModelCheckpoint(dirpath=out, filename="last-step", save_top_k=0, save_last=True,
-                           every_n_train_steps=cfg.checkpoint_every_n_steps, enable_version_counter=False)
+    last = ResumeCheckpoint(out / "last.ckpt", cfg.checkpoint_every_n_steps)
     progress = cfg.progress_bar if cfg.progress_bar is not None else sys.stderr.isatty()
     trainer = pl.Trainer(
         accelerator=accel,

@@ -151,6 +151,9 @@ def _toy_model_classes():
                     out["forces"] = -g
                 return out
 
+        def model_config(self) -> dict:
+            return {"size": "toy", "backbone": None, "heads": {k: h.kind for k, h in self.heads.items()}}
+
         def parameter_groups(self):
             return {"embedding": list(self.embedding.parameters()), "backbone": list(self.backbone.parameters()),
                     "heads": list(self.heads.parameters())}

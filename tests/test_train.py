@@ -1,0 +1,330 @@
+"""Training: run files, budgeted sampling, linear references, schedule, loop, resume, finetune units.
+
+The loop tests use ``atomsift.train.toy.ToyModel`` (GemNet-OC's call signature, SchNet-like cost)
+so that they run in seconds on 2 CPU cores; the real backbone is exercised by the models' tests.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+
+from atomsift.cli import main
+from atomsift.data.store import Store, StoreWriter
+from atomsift.errors import InputError
+from atomsift.train import data as D
+from atomsift.train.config import finetune_config_from_dict, load_pretrain_config, pretrain_config_from_dict
+from atomsift.train.finetune import run_finetune
+from atomsift.train.linref import element_counts, fit_dataset_norm
+from atomsift.train.module import Plateau, WarmupCosine, layerwise_groups
+from atomsift.train.pretrain import BudgetError, run_pretrain
+from atomsift.train.tasks import default_block_lr_scales
+from atomsift.train.toy import make_toy_store, toy_model_factory
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train_stores")
+    return {
+        "a": make_toy_store(d / "a", 50, dataset="ani1x", seed=0),
+        "b": make_toy_store(d / "b", 40, dataset="transition1x", seed=1),
+        "t": make_toy_store(d / "t", 60, dataset="rmd17", seed=3, targets=True, n_val=8, n_test=12),
+    }
+
+
+def _pre(stores, **kw):
+    d = {"size": "tiny", "upstream": {"stores": {"a": str(stores["a"])}}, "n_structures": 12, "epochs": 2,
+         "batch_size": 4, "val_size": 4, "threads": 1, "lr": 1e-3, "scale_fit_batches": 0}
+    d.update(kw)
+    return pretrain_config_from_dict(d)
+
+
+# ----------------------------------------------------------------------------- run files
+
+
+def test_config_errors_are_one_line(tmp_path, capsys):
+    cases = {
+        "n_structures: 10\nupstream: {stores: {a: x}}\nbogus: 1\n": "field 'bogus': unknown key",
+        "n_structures: 10\nupstream: {stores: {a: x}, mixture: tmp}\n": "field 'upstream.mixture': expected one of 'single', 'balanced', 'temperature', 'proportions', got 'tmp'",
+        "n_structures: ten\nupstream: {stores: {a: x}}\n": "field 'n_structures': expected an integer, got 'ten'",
+        "n_structures: 10\nlr: -1\nupstream: {stores: {a: x}}\n": "field 'lr': must be > 0",
+        "n_structures: 10\nupstream: {stores: {a: x, b: y}}\n": "field 'upstream.mixture': 'single' takes one store",
+        "n_structures: 10\nupstream: {stores: {a: x, b: y}, mixture: proportions}\n": "field 'upstream.proportions': required when mixture is 'proportions'",
+        "upstream: {stores: {a: x}}\n": "field 'n_structures': required key missing",
+    }
+    for i, (text, expected) in enumerate(cases.items()):
+        p = tmp_path / f"run{i}.yaml"
+        p.write_text(text)
+        rc = main(["pretrain", "--config", str(p), "--out", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert rc == 2
+        assert err.count("\n") == 1, err
+        assert err.startswith(f"atomsift pretrain: error: {p}: {expected}"), err
+    assert not (tmp_path / "out").exists()  # validation happens before any work
+    p = tmp_path / "ft.yaml"
+    p.write_text("task: qm9\nstore: /nonexistent\ntest_weights: last\n")
+    assert main(["finetune", "--config", str(p), "--pretrained", "none", "--out", str(tmp_path / "o")]) == 2
+    assert "field 'test_weights': expected one of 'ema', 'best', got 'last'" in capsys.readouterr().err
+
+
+def test_config_roundtrip_types(tmp_path):
+    p = tmp_path / "run.yaml"
+    p.write_text("n_structures: 2.0e6\nbetas: [0.9, 0.95]\nupstream: {stores: {a: x, b: y}, mixture: balanced}\n")
+    c = load_pretrain_config(p)
+    assert c.n_structures == 2_000_000 and isinstance(c.n_structures, int)
+    assert c.betas == (0.9, 0.95) and c.upstream.mixture == "balanced"
+    with pytest.raises(InputError, match="field 'betas': expected a list of 2 numbers"):
+        pretrain_config_from_dict({"n_structures": 3, "upstream": {"stores": {"a": "x"}}, "betas": [0.9]})
+
+
+# ----------------------------------------------------------------------------- mixtures
+
+
+def test_mixture_counts_match_the_papers_2m_splits():
+    # PAPER.md §3.3: Mixed (Temp) at N = 2M over JMP's sizes, remainder to ANI-1x
+    sizes = {"ani1x": 2e6, "transition1x": 1e7, "oc20": 1e8, "oc22": 8e6}
+    c = D.mixture_counts(list(sizes), 2_000_000, "temperature", temperature=2.0, sizes=sizes)
+    assert c == {"ani1x": 162_509, "transition1x": 363_377, "oc20": 1_149_100, "oc22": 325_014}
+    p = D.temperature_proportions(list(sizes.values()), 2.0)
+    assert np.allclose(p, [0.0812536740566486, 0.18168873861227738, 0.5745502392177768, 0.1625073481132972])
+    assert D.mixture_counts(list(sizes), 2_000_000, "balanced") == dict.fromkeys(sizes, 500_000)
+    assert D.mixture_counts(["ani1x", "oc22"], 3_000_000, "proportions", proportions={"ani1x": 2, "oc22": 1}) == {"ani1x": 2_000_000, "oc22": 1_000_000}
+    for n in (1, 7, 999, 12345):
+        for mix, kw in (("balanced", {}), ("temperature", {"sizes": sizes}), ("proportions", {"proportions": {k: 1 + i for i, k in enumerate(sizes)}})):
+            assert sum(D.mixture_counts(list(sizes), n, mix, **kw).values()) == n
+
+
+def test_sampling_without_replacement_and_seeded():
+    pool = np.arange(100, 300)
+    a = D.sample_indices(pool, 50, seed=3, stream=0)
+    assert len(set(a.tolist())) == 50 and set(a.tolist()) <= set(pool.tolist())
+    assert np.array_equal(a, D.sample_indices(pool, 50, seed=3, stream=0))
+    assert not np.array_equal(a, D.sample_indices(pool, 50, seed=4, stream=0))
+    assert np.array_equal(np.sort(D.sample_indices(pool, 200, seed=0)), pool)
+    with pytest.raises(ValueError):
+        D.sample_indices(pool, 201, seed=0)
+
+
+@pytest.mark.parametrize("n,bs,world", [(37, 4, 2), (10, 3, 3), (8, 4, 2), (5, 4, 3), (1, 2, 2)])
+def test_sampler_sees_each_structure_once_per_epoch(n, bs, world):
+    seen_orders = []
+    for epoch in range(2):
+        per_rank = [D.EpochBatchSampler(n, bs, seed=1, rank=r, world_size=world).batches(epoch, r) for r in range(world)]
+        assert len({len(b) for b in per_rank}) == 1  # same number of steps on every rank (DDP)
+        real = [i for batches in per_rank for b in batches for i in b if i >= 0]
+        assert sorted(real) == list(range(n))
+        assert all(len(b) >= 1 for batches in per_rank for b in batches)
+        seen_orders.append([i for b in per_rank[0] for i in b])
+    if n > 4:
+        assert seen_orders[0] != seen_orders[1]  # reshuffled per epoch
+    s = D.EpochBatchSampler(n, bs, seed=1)
+    full = list(s)
+    s.skip(1)
+    assert list(s) == full[1:] and list(s) == full
+
+
+# ----------------------------------------------------------------------------- linear reference
+
+
+def test_linear_reference_recovers_coefficients(tmp_path):
+    coeff = {1: -13.61, 6: -1029.86, 7: -1485.30, 8: -2042.61, 9: -2713.48}
+    rng = np.random.default_rng(0)
+    with StoreWriter(tmp_path / "s", dataset="x", reader="test", has_energy=True, has_forces=True) as w:
+        for _ in range(200):
+            z = rng.choice(list(coeff), size=int(rng.integers(2, 12)))
+            e = sum(coeff[int(x)] for x in z) + rng.normal() * 1e-3
+            w.add(z, rng.normal(size=(len(z), 3)) * 2, energy=e, forces=rng.normal(size=(len(z), 3)) * 0.5)
+    st = Store(tmp_path / "s")
+    idx = np.arange(len(st))
+    X = element_counts(st, idx)
+    assert np.array_equal(X.sum(1), st.natoms)
+    norm = fit_dataset_norm(st, idx)
+    got = np.array(norm.coeff)
+    for z, c in coeff.items():
+        assert abs(got[z] - c) < 2e-3
+    assert np.count_nonzero(got) == len(coeff)
+    assert norm.energy_std < 2e-3  # only the noise is left
+    f = np.asarray(st.array("forces"))
+    assert math.isclose(norm.force_std, float(np.sqrt((f ** 2).mean())), rel_tol=1e-12)
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def test_warmup_cosine_and_plateau():
+    lam = WarmupCosine(warmup=10, total=110, start=0.2, floor=0.1)
+    assert lam(0) == pytest.approx(0.2) and lam(5) == pytest.approx(0.6) and lam(10) == pytest.approx(1.0)
+    assert lam(60) == pytest.approx(0.55) and lam(110) == pytest.approx(0.1) and lam(500) == pytest.approx(0.1)
+    assert all(lam(k) >= lam(k + 1) for k in range(10, 200))
+    pl_ = Plateau(factor=0.8, patience=2)
+    assert not pl_.step(1.0, [lam])
+    assert [pl_.step(1.0, [lam]) for _ in range(3)] == [False, False, True]
+    assert lam(500) == pytest.approx(0.08)
+
+
+def test_layerwise_lr_scales_on_the_real_backbone():
+    from atomsift.models import build_model
+    from atomsift.models.heads import HeadSpec
+
+    assert default_block_lr_scales(4) == [0.35, 0.40, 0.55, 0.625]
+    assert default_block_lr_scales(6) == [0.55, 0.40, 0.30, 0.40, 0.55, 0.625]
+    assert default_block_lr_scales(2) == pytest.approx([0.35, 0.625])
+    m = build_model("tiny", {"t": HeadSpec("scalar")}, direct_forces_backbone=False, seed=0)
+    groups = layerwise_groups(m, 0.3, None, default_block_lr_scales)
+    scale_of = {id(p): g["scale"] for g in groups for p in g["params"]}
+    assert sum(len(g["params"]) for g in groups) == len(list(m.parameters()))
+    n_blocks = m.config.num_blocks
+    expect = default_block_lr_scales(n_blocks)
+    for name, p in m.named_parameters():
+        if name.startswith("embedding."):
+            assert scale_of[id(p)] == 0.3, name
+        elif name.startswith("heads."):
+            assert scale_of[id(p)] == 1.0, name
+        elif ".int_blocks." in "." + name:
+            assert scale_of[id(p)] == expect[int(name.split("int_blocks.")[1].split(".")[0])], name
+        elif ".out_blocks." in "." + name:
+            j = int(name.split("out_blocks.")[1].split(".")[0])
+            assert scale_of[id(p)] == expect[max(j - 1, 0)], name
+
+
+# ----------------------------------------------------------------------------- pretraining loop
+
+
+def _train_losses(out):
+    with open(out / "logs" / "metrics.csv") as fh:
+        return [float(r["train/loss"]) for r in csv.DictReader(fh) if r.get("train/loss")]
+
+
+def test_overfit_a_handful_of_structures(stores, tmp_path):
+    cfg = _pre(stores, n_structures=4, batch_size=4, epochs=150, lr=3e-3, ema_decay=0.0, edge_dropout=0.0,
+               warmup_steps=0, min_lr_factor=1.0, val_size=2, weight_decay=0.0, checkpoint_every_n_steps=1000)
+    run_pretrain(cfg, tmp_path / "o", model_factory=toy_model_factory)
+    losses = _train_losses(tmp_path / "o")
+    assert len(losses) == 150
+    assert min(losses[-10:]) * 10 <= losses[0], (losses[0], losses[-10:])
+
+
+def test_budget_single_and_mixed_exact(stores, tmp_path):
+    m = run_pretrain(_pre(stores, n_structures=13, epochs=2, batch_size=4), tmp_path / "s", model_factory=toy_model_factory)
+    assert m["structures_seen"] == {"a": 26} and m["budget_C"] == 26 and m["steps"] == 2 * math.ceil(13 / 4)
+    assert m["scheduled_steps"] == 2 * (13 // 4)
+    for f in ("model.pt", "model_raw.pt", "last.ckpt", "best.ckpt", "linref.json", "logs/metrics.csv"):
+        assert (tmp_path / "s" / f).exists(), f
+    meta = torch.load(tmp_path / "s" / "model.pt", weights_only=False)["meta"]
+    assert meta["budget"]["seen"] == {"a": 26} and meta["weights"] == "ema"
+    mixed = {"stores": {"a": str(stores["a"]), "b": str(stores["b"])}, "mixture": "proportions", "proportions": {"a": 2, "b": 1}}
+    m = run_pretrain(_pre(stores, upstream=mixed, n_structures=20, epochs=3, batch_size=6), tmp_path / "m", model_factory=toy_model_factory)
+    assert m["planned_per_dataset"] == {"a": 14, "b": 6}  # floor(20 * 2/3) = 13, remainder to the first
+    assert m["structures_seen"] == {"a": 42, "b": 18}
+    assert len(m["val_curve"]) == 3 and {"a/energy_mae", "b/force_mae"} <= set(m["val_curve"][-1])
+
+
+def test_budget_mismatch_fails_loudly(stores, tmp_path):
+    class Extra(pl.Callback):
+        def on_train_end(self, trainer, module):
+            module.seen[0] += 1  # a structure counted that the plan did not contain
+
+    with pytest.raises(BudgetError, match=r"structures seen \{'a': 25\} != planned \{'a': 24\}"):
+        run_pretrain(_pre(stores), tmp_path / "x", model_factory=toy_model_factory, callbacks=[Extra()])
+    assert not (tmp_path / "x" / "model.pt").exists() and not (tmp_path / "x" / "metrics.json").exists()
+
+
+def test_budget_larger_than_split_is_an_error(stores, tmp_path):
+    with pytest.raises(InputError, match="budget asks for 500 structures but the 'train' split holds 45"):
+        run_pretrain(_pre(stores, n_structures=500), tmp_path / "x", model_factory=toy_model_factory)
+
+
+class _Killed(Exception):
+    pass
+
+
+class _KillAt(pl.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step >= self.step:
+            raise _Killed
+
+
+@pytest.mark.parametrize("kill_at", [2, 4, 5])  # inside epoch 0, at its last batch, inside epoch 1
+def test_resume_after_kill_equals_uninterrupted(stores, tmp_path, kill_at):
+    mixed = {"stores": {"a": str(stores["a"]), "b": str(stores["b"])}, "mixture": "balanced"}
+    cfg = _pre(stores, upstream=mixed, n_structures=14, epochs=2, batch_size=4, edge_dropout=0.3,
+               checkpoint_every_n_steps=1, record_seen=True)
+    ref = run_pretrain(cfg, tmp_path / "ref", model_factory=toy_model_factory)
+    with pytest.raises(_Killed):
+        run_pretrain(cfg, tmp_path / "k", model_factory=toy_model_factory, callbacks=[_KillAt(kill_at)])
+    assert (tmp_path / "k" / "last.ckpt").exists() and not (tmp_path / "k" / "metrics.json").exists()
+    res = run_pretrain(cfg, tmp_path / "k", model_factory=toy_model_factory)
+    assert res["structures_seen"] == ref["structures_seen"] == {"a": 14, "b": 14}
+    assert res["steps"] == ref["steps"]
+    a = json.loads((tmp_path / "ref" / "seen_rank0.json").read_text())
+    b = json.loads((tmp_path / "k" / "seen_rank0.json").read_text())
+    assert a["seen"] == b["seen"]
+    assert a["weights_sha256"] == b["weights_sha256"] and a["ema_sha256"] == b["ema_sha256"]
+    assert res["val_curve"] == ref["val_curve"]
+    # a finished run is reported, not retrained
+    assert run_pretrain(cfg, tmp_path / "k", model_factory=toy_model_factory)["wall_time_s"] == res["wall_time_s"]
+
+
+# ----------------------------------------------------------------------------- finetuning
+
+
+def test_finetune_qm9_metrics_in_mev(tmp_path):
+    from atomsift.data.readers.qm9 import convert
+
+    store = convert(None, tmp_path / "qm9", limit=60)
+    cfg = finetune_config_from_dict({"task": "qm9", "store": str(store), "target": "gap", "size": "tiny", "epochs": 2,
+                                     "batch_size": 8, "threads": 1, "lr": 1e-3, "scale_fit_batches": 0})
+    m = run_finetune(cfg, tmp_path / "ft", "none", model_factory=toy_model_factory)
+    assert m["unit"] == "meV" and m["metric"] == "gap_mae" and m["readout"] == "sum" and m["atom_refs"] == "none"
+    st = Store(store)
+    test = st.split("test")
+    assert m["n_test"] == test.size and m["structures_seen"] == 2 * st.split("train").size
+    # independent MAE: rebuild the tested weights, predict the gap on the test split, in eV
+    saved = torch.load(tmp_path / "ft" / "model.pt", weights_only=False)
+    from atomsift.models.heads import HeadSpec
+    from atomsift.data.batch import collate
+
+    model = toy_model_factory("tiny", {"task": HeadSpec("scalar", reduction="sum")}, False, 0)
+    model.load_state_dict(saved["state_dict"])
+    model.eval()
+    norm = saved["meta"]["normalization"]
+    b = collate([st.record(int(g)) for g in test], dataset="qm9")
+    with torch.no_grad():
+        y = model(b, head="task")["y"].double() * norm["energy_std"] + norm["energy_mean"]
+    gap = torch.tensor([st.record(int(g)).targets["gap"] for g in test], dtype=torch.float64)
+    mae_ev = float((y - gap).abs().mean())
+    assert m["test_mae"] == pytest.approx(1000 * mae_ev, rel=1e-4)
+    assert m["test_mae_store_unit"] == pytest.approx(mae_ev, rel=1e-4)
+    assert len(m["val_curve"]) == 2 and m["tested_weights"] == "final_ema"
+
+
+def test_finetune_forces_in_mev_per_angstrom(stores, tmp_path):
+    from atomsift.data.batch import collate
+    from atomsift.models.heads import HeadSpec
+
+    st = Store(stores["t"])
+    test = st.split("test")
+    for task, forces, kind in (("rmd17", "gradient", "energy_grad_forces"), ("md22", "direct", "energy_direct_forces")):
+        cfg = finetune_config_from_dict({"task": task, "store": str(stores["t"]), "size": "tiny", "epochs": 2,
+                                         "batch_size": 8, "threads": 1, "lr": 1e-3, "test_weights": "best"})
+        m = run_finetune(cfg, tmp_path / task, "none", model_factory=toy_model_factory)
+        assert m["unit"] == "meV/Å" and m["metric"] == "force_mae" and m["forces"] == forces
+        assert m["tested_weights"] == "best_ema" and m["test_n"] == test.size
+        saved = torch.load(tmp_path / task / "model.pt", weights_only=False)
+        model = toy_model_factory("tiny", {"task": HeadSpec(kind)}, forces == "direct", 0)
+        model.load_state_dict(saved["state_dict"])
+        model.eval()
+        b = collate([st.record(int(g)) for g in test], dataset="rmd17")
+        f = model(b, head="task")["forces"].detach().double() * saved["meta"]["normalization"]["force_std"]
+        mae = float((f - torch.as_tensor(np.asarray(st.array("forces"))[np.concatenate(
+            [np.arange(st.offsets[g], st.offsets[g + 1]) for g in test])])).abs().mean())
+        assert m["test_mae"] == pytest.approx(1000 * mae, rel=1e-4)
