@@ -490,3 +490,14 @@ def test_pickled_tensors_decode_without_torch_exactly():
         got = _Unpickler(io.BytesIO(pickle.dumps(t))).load()
         assert isinstance(got, np.ndarray) and got.dtype == t.numpy().dtype and got.shape == tuple(t.shape)
         np.testing.assert_array_equal(got, t.numpy())
+
+
+def test_cli_passes_fold_0_and_seed_0(tmp_path, capsys):
+    p, _ = _matbench(tmp_path)
+    assert main(["prepare", "matbench", "--source", str(p), "--out", str(tmp_path / "s"), "--fold", "0", "--seed", "0"]) == 0
+    s = Store(tmp_path / "s")
+    assert s.split("train").tolist() == s.split("fold0_train").tolist()
+    trainval = sorted(set(range(23)) - set(SKLEARN_KFOLD[23][0]))
+    perm = np.arange(len(trainval))
+    np.random.RandomState(0).shuffle(perm)  # --seed 0, not the default 42
+    assert s.split("fold0_train").tolist() == [trainval[j] for j in perm[: int(0.9 * len(trainval))]]

@@ -63,7 +63,7 @@ def _prepare(args) -> int:
     from atomsift.data.readers import prepare
     from atomsift.data.store import Store
 
-    opts = {k: getattr(args, k) for k in _READER_OPTIONS if getattr(args, k) not in (None, False)}
+    opts = {k: getattr(args, k) for k in _READER_OPTIONS if getattr(args, k) is not None and getattr(args, k) is not False}  # keeps --fold 0 / --seed 0
     t0 = time.perf_counter()
     out = prepare(args.dataset, args.source, args.out, **opts)
     info = Store(out).info()
