@@ -136,6 +136,10 @@ class QuadTriplets:
     triplet_out: Triplets
     excl_out: Tensor
     excl_in: Tensor
+    # the excluded pairs in the dense per-atom layout: atom a, main slot of c, qint slot of b
+    excl_a: Tensor | None = None
+    excl_c: Tensor | None = None
+    excl_b: Tensor | None = None
 
 
 @dataclass
@@ -176,6 +180,7 @@ class GraphSet:
     quad: QuadTriplets
     main_pad: Padded
     a2ee2a_pad: Padded
+    qint_pad: Padded
     n_atoms: int
 
     def triplet_lists(self) -> dict[str, Triplets]:
@@ -507,14 +512,21 @@ def build_graphs(
     qint = subselect(a2a, settings.cutoff, k_q, settings.cutoff, k_aint, batch, B)
     qint = tag_filter(qint, effective_tags(tags, batch, B), settings.qint_tags, batch, B)
     main = symmetrize(main, batch, B)
+    main_pad, qint_pad = padded(main, N), padded(qint, N)
+    quad = quadruplet_triplets(main, qint, N)
+    e_ca = quad.triplet_out.out[quad.excl_out]
+    quad.excl_a = main.edge_index[1][e_ca]
+    quad.excl_c = main_pad.slot[e_ca]
+    quad.excl_b = qint_pad.slot[quad.triplet_out.in_[quad.excl_out]]
     return GraphSet(
         main=main,
         a2a=a2a,
         a2ee2a=a2ee2a,
         qint=qint,
-        quad=quadruplet_triplets(main, qint, N),
-        main_pad=padded(main, N),
+        quad=quad,
+        main_pad=main_pad,
         a2ee2a_pad=padded(a2ee2a, N),
+        qint_pad=qint_pad,
         n_atoms=N,
     )
 

@@ -142,15 +142,18 @@ def _azimuth_features(w: Tensor, e1: Tensor, e2: Tensor, L: int) -> tuple[Tensor
     return feats, deg
 
 
-def dihedral_features(V_m: Tensor, V_q: Tensor, q, L: int) -> dict:
+def dihedral_features(V_m: Tensor, V_q: Tensor, g: GraphSet, L: int) -> dict:
     """Separable form of Y_l(cos theta_cabd) for the factorised quadruplet sum.
 
     theta is the angle between u = V_ca x V_ba and v = V_db x V_ba, both orthogonal to V_ba; with
     azimuths a_c, a_d of u, v in any frame orthogonal to V_ba, cos theta = cos(a_c - a_d) and
     Y_l(cos theta) = sum_m M[l, m] (cos m a_c cos m a_d + sin m a_c sin m a_d) (Chebyshev
     expansion of P_l). So sum_d Y_l(theta_cabd) x_d needs sums over d per qint edge only.
+    The d-side features are per triplet_in (d->b, b->a); the c-side ones are dense per atom a,
+    (main slot c, qint slot b).
     """
-    tin, tout = q.triplet_in, q.triplet_out
+    q = g.quad
+    tin = q.triplet_in
     n = V_q
     # a frame orthogonal to every qint edge direction
     ex = torch.zeros_like(n)
@@ -161,43 +164,55 @@ def dihedral_features(V_m: Tensor, V_q: Tensor, q, L: int) -> dict:
     e1 = e1 / e1.norm(dim=-1, keepdim=True)
     e2 = torch.linalg.cross(n, e1, dim=-1)
     v = torch.linalg.cross(V_m[tin.in_], V_q[tin.out], dim=-1)  # V_db x V_ba
-    u = torch.linalg.cross(V_m[tout.out], V_q[tout.in_], dim=-1)  # V_ca x V_ba
     cs_d, deg_d = _azimuth_features(v, e1[tin.out], e2[tin.out], L)
-    cs_t, deg_t = _azimuth_features(u, e1[tout.in_], e2[tout.in_], L)
+    mp, qp = g.main_pad, g.qint_pad
+    Vc = _pad(V_m, mp.index)  # (N, Kc, 3)
+    Vb = _pad(V_q, qp.index)  # (N, Kq, 3)
+    N, Kc, Kq = Vc.shape[0], Vc.shape[1], Vb.shape[1]
+    u = torch.linalg.cross(Vc[:, :, None, :].expand(N, Kc, Kq, 3), Vb[:, None, :, :].expand(N, Kc, Kq, 3), dim=-1)
+    E1 = _pad(e1, qp.index)[:, None].expand(N, Kc, Kq, 3)
+    E2 = _pad(e2, qp.index)[:, None].expand(N, Kc, Kq, 3)
+    cs_t, deg_t = _azimuth_features(u.reshape(-1, 3), E1.reshape(-1, 3), E2.reshape(-1, 3), L)
+    cs_t = cs_t.view(N, Kc, Kq, 2 * L - 1)
+    deg_t = deg_t.view(N, Kc, Kq)
     M, y0 = _legendre_in_cosines(L)
-    # excluded quadruplets (d == c): subtract exactly the term the separable sum added for them
     M = M.to(V_m.dtype).to(V_m.device)
     y0 = y0.to(V_m.dtype).to(V_m.device)
-    eo, ei = q.excl_out, q.excl_in
-    y_excl = (cs_t[eo] * cs_d[ei]) @ M.t()
-    either = (deg_t[eo] | deg_d[ei]).to(V_m.dtype)[:, None]
+    # excluded quadruplets (d == c): subtract exactly the term the separable sum added for them
+    ea, ec, eb, ei = q.excl_a, q.excl_c, q.excl_b, q.excl_in
+    y_excl = (cs_t[ea, ec, eb] * cs_d[ei]) @ M.t()
+    either = (deg_t[ea, ec, eb] | deg_d[ei]).to(V_m.dtype)[:, None]
     y_excl = y_excl * (1 - either) + y0[None, :] * either
-    dt = V_m.dtype
+    Yex = V_m.new_zeros(N, Kc, Kq, L).index_put((ea, ec, eb), y_excl)
+    istar = torch.full((N, Kc, Kq), tin.out.numel(), dtype=torch.long, device=V_m.device)
+    istar[ea, ec, eb] = ei
     return {
         "cs_d": cs_d,
-        "deg_d": deg_d.to(dt),
+        "deg_d": deg_d.to(V_m.dtype),
         "cs_t": cs_t,
-        "deg_t": deg_t.to(dt),
+        "deg_t": deg_t.to(V_m.dtype),
         "M": M,
         "y0": y0,
-        "y_excl": y_excl,
+        "Yex": Yex,
+        "istar": istar,
+        "qint_index": qp.index,
     }
 
 
 def dihedral_sum(dh: dict, x_tin: Tensor, q, n_qint: int) -> Tensor:
-    """z (n_triplet_out, L, C) = sum over the quadruplets d of each (c, a, b) of
-    Y_l(cos theta_cabd) x_d, without enumerating quadruplets."""
-    tin, tout = q.triplet_in, q.triplet_out
+    """z (N, Kc, Kq, L, C): for every atom a, main slot c and qint slot b, the sum over the
+    quadruplets d->b->a<-c of Y_l(cos theta_cabd) x_d, without enumerating quadruplets."""
+    tin = q.triplet_in
     AB = segment_sum(dh["cs_d"][:, :, None] * x_tin[:, None, :], tin.out, n_qint)  # (n_q, 2L-1, C)
     D = segment_sum(dh["deg_d"][:, None] * x_tin, tin.out, n_qint)  # degenerate d: theta = pi/2
-    e = tout.in_
-    ABe = AB[e]
-    z = torch.matmul(dh["M"], dh["cs_t"][:, :, None] * ABe)
-    rest = D[e] + dh["deg_t"][:, None] * ABe[:, 0]  # degenerate c: theta = pi/2 for every d
-    z = z + dh["y0"][None, :, None] * rest[:, None, :]
-    if q.excl_out.numel():
-        z = z.index_add(0, q.excl_out, -(dh["y_excl"][:, :, None] * x_tin[q.excl_in][:, None, :]))
-    return z
+    ABp = _pad(AB, dh["qint_index"])  # (N, Kq, 2L-1, C)
+    Dp = _pad(D, dh["qint_index"])  # (N, Kq, C)
+    cs_t = dh["cs_t"]  # (N, Kc, Kq, 2L-1)
+    z = torch.matmul(dh["M"], cs_t[..., None] * ABp[:, None])  # (N, Kc, Kq, L, C)
+    rest = Dp[:, None] + dh["deg_t"][..., None] * ABp[:, None, :, 0]  # degenerate c: theta = pi/2
+    z = z + dh["y0"][:, None] * rest[:, :, :, None, :]
+    xs = _pad(x_tin, dh["istar"])  # (N, Kc, Kq, C): x of the excluded d == c, zero elsewhere
+    return z - dh["Yex"][..., None] * xs[..., None, :]
 
 
 def dihedral_sum_bruteforce(V_m: Tensor, V_q: Tensor, main, qint, x_tin: Tensor, n_atoms: int, L: int) -> Tensor:
@@ -294,8 +309,8 @@ class Bases(nn.Module):
         tin, tout = q.triplet_in, q.triplet_out
         cbf_qint = circular_basis(_cos(V_q[tin.out], V_m[tin.in_]), L)
         # triplet_out: c->a (main) with b->a (qint): angle cab; the dihedral enters factorised
-        cos_phi = circular_basis(_cos(V_m[tout.out], V_q[tout.in_]), L)
-        dihedral = dihedral_features(V_m, V_q, q, L)
+        dihedral = dihedral_features(V_m, V_q, g, L)
+        Y_phi = pair_block(V_m, V_q, g.main_pad, g.qint_pad, g.main, g.qint, L)  # (N, Kc*L, Kq)
         # qint cbf has no aggregation: per triplet_in vector sum_l R[qint edge][:, l] Y_l
         r_qint = self.mlp_cbf_qint(rbf_q)[tin.out]  # (n_tin, emb_cbf, L)
         cbf_qint_vec = (r_qint * cbf_qint[:, None, :]).sum(-1)
@@ -312,7 +327,9 @@ class Bases(nn.Module):
                 "rad": self.mlp_rbf_qint(rbf_m),
                 "cbf": cbf_qint_vec,
                 "R": self.mlp_sbf_qint(rbf_m),
-                "sph_phi": cos_phi,
+                "Y_phi": Y_phi,
+                "out_t": g.main.edge_index[1],
+                "out_slot": g.main_pad.slot,
                 "dihedral": dihedral,
             },
             "aeint": {"rad": self.mlp_rbf_aeint(rbf_ae), "R": self.mlp_cbf_aeint(rbf_m), "Y": Y_a2e, "in_index": ap.index, "out_t": t_m, "out_slot": mp.slot},

@@ -206,12 +206,13 @@ class QuadrupletInteraction(nn.Module):
         x = x[tin.in_]  # edges d->b, per triplet_in
         x2 = x * self.mlp_cbf(basis["cbf"])
         x = self.scale_cbf(x2, ref=x)
-        n_tout = tout.out.shape[0]
-        # sum over d of Y_l'(theta_cabd) x_d per (c, a, b), factorised (bases.dihedral_sum)
+        # z[a, c, b] = sum over d of Y_l'(theta_cabd) x_d (bases.dihedral_sum), then
+        # sx[c->a] = sum over b of Y_l(phi_cab) (x) z[a, c, b]: one bmm per (a, c)
         z = dihedral_sum(basis["dihedral"], x, quad, n_qint)
-        L = z.shape[1]
-        w = (basis["sph_phi"][:, :, None, None] * z[:, None, :, :]).reshape(n_tout, L * L, -1)
-        sx = segment_sum(w, tout.out, m.shape[0])  # (n_main, 49, C)
+        N, Kc, Kq, L, C = z.shape
+        Yp = basis["Y_phi"].view(N * Kc, L, Kq)
+        sx = torch.bmm(Yp, z.reshape(N * Kc, Kq, L * C)).view(N, Kc, L * L, C)
+        sx = sx[basis["out_t"], basis["out_slot"]]  # (n_main, 49, C), index l_phi * L + l_theta
         y = self.mlp_sbf.project(basis["R"], sx)
         y = self.scale_sbf_sum(y, ref=x)
         return (self.up_projection_ca(y) + self.up_projection_ac(y)[id_swap]) * INV_SQRT2
