@@ -78,11 +78,14 @@ def apply_default_scales(model) -> None:
 
 
 @torch.no_grad()
-def fit_scale_factors(model, batches: Iterable, head: str | None = None, graph=None) -> dict[str, float]:
+def fit_scale_factors(model, batches: Iterable, graph=None) -> dict[str, float]:
     """Fit every ScaleFactor so its output variance matches its reference input's, one after the
-    other in forward order (earlier fitted factors stay active), as JMP's ``fit_scales``.
+    other in forward order (earlier fitted factors stay active), as JMP's ``fit_scales``:
+    s = sqrt(Var(ref) / Var(x)), variances averaged over the batches weighted by rows.
 
-    ``batches``: AtomsBatch objects (a list: it is iterated once per factor). Returns name -> value.
+    ``batches``: AtomsBatch objects (iterated once per factor, so keep them few: JMP uses 16).
+    ``graph``: GraphSettings (default: each batch's dataset). Returns name -> fitted value.
+    The model runs in eval mode in the batches' dtype (fp32 in JMP).
     """
     batches = list(batches)
     if not batches:
@@ -92,33 +95,26 @@ def fit_scale_factors(model, batches: Iterable, head: str | None = None, graph=N
     model.eval()
     for mod in factors.values():
         mod.scale_factor.zero_()
-        mod.fitting = False
-        mod.stats = []
+        mod.fitting, mod.stats = False, []
 
     def run():
         for b in batches:
-            model.backbone_features(b, graph) if head is None else model(b, head, graph)
+            model._features(b, graph, 0.0, b.pos)
 
-    # forward order: the order in which factors are first called
+    # forward order = the order in which the factors are first called
     order: list[str] = []
-    hooks = []
-    for name, mod in factors.items():
-        hooks.append(mod.register_forward_hook(lambda m, i, o, name=name: order.append(name) if name not in order else None))
-    run_head = head
-    if run_head is None and model.config.direct_forces:
-        # force-branch factors only run with a direct-force head; backbone_features skips nothing,
-        # so the whole backbone (force branch included) runs through _features
-        pass
-    for b in batches[:1]:
-        model._features(b, graph, 0.0, b.pos)
+    hooks = [
+        mod.register_forward_hook(lambda m, i, o, name=name: order.append(name) if name not in order else None)
+        for name, mod in factors.items()
+    ]
+    model._features(batches[0], graph, 0.0, batches[0].pos)
     for h in hooks:
         h.remove()
     result: dict[str, float] = {}
     for name in order:
         mod = factors[name]
         mod.fitting, mod.stats = True, []
-        for b in batches:
-            model._features(b, graph, 0.0, b.pos)
+        run()
         mod.fitting = False
         n = sum(s[0] for s in mod.stats)
         vi = sum(s[0] * s[1] for s in mod.stats) / max(n, 1)
