@@ -11,6 +11,13 @@ import sys
 from atomsift.errors import InputError
 from atomsift.report import grid as G
 
+# Jobs call `atomsift` by name: run by `.venv/bin/snakemake` without an activated environment,
+# they must find the atomsift installed beside this interpreter (a conda env activated for a job
+# still comes first on its PATH).
+_BIN = os.path.dirname(sys.executable)
+if os.path.exists(os.path.join(_BIN, "atomsift")):
+    os.environ.update(PATH=os.pathsep.join([_BIN, os.environ.get("PATH", "")]))
+
 CONFIG_FILES = [os.path.relpath(f) for f in workflow.overwrite_configfiles] or ["config.yaml"]
 CONFIG_SOURCE = ", ".join(CONFIG_FILES)
 
@@ -45,8 +52,8 @@ wildcard_constraints:
     task=r"[A-Za-z0-9][A-Za-z0-9.-]*",
     backbone=r"[A-Za-z0-9][A-Za-z0-9.-]*",
     extractor=r"[A-Za-z0-9][A-Za-z0-9.-]*",
-    budget=r"[0-9]{1,}x[0-9]{1,}|none",
-    seed=r"[0-9]{1,}",
+    budget=r"[0-9][0-9]*x[0-9][0-9]*|none",
+    seed=r"[0-9][0-9]*",
     sampling=r"balanced|random",
     agg=r"flat|mean|sum|max",
     kind=r"id|ood",
