@@ -5,17 +5,18 @@
 import os
 import re
 import shlex
+import shutil
 import sys
 
 
 from atomsift.errors import InputError
 from atomsift.report import grid as G
 
-# Jobs call `atomsift` by name: run by `.venv/bin/snakemake` without an activated environment,
-# they must find the atomsift installed beside this interpreter (a conda env activated for a job
-# still comes first on its PATH).
+# Jobs call `atomsift` by name. Run by `.venv/bin/snakemake` without an activated environment,
+# they find the atomsift installed beside this interpreter (an atomsift already on PATH, or a
+# conda env activated for a job, comes first).
 _BIN = os.path.dirname(sys.executable)
-if os.path.exists(os.path.join(_BIN, "atomsift")):
+if shutil.which("atomsift") is None and os.path.exists(os.path.join(_BIN, "atomsift")):
     os.environ.update(PATH=os.pathsep.join([_BIN, os.environ.get("PATH", "")]))
 
 CONFIG_FILES = [os.path.relpath(f) for f in workflow.overwrite_configfiles] or ["config.yaml"]
