@@ -129,7 +129,12 @@ def _azimuth_features(w: Tensor, e1: Tensor, e2: Tensor, L: int) -> tuple[Tensor
     x = (w * e1).sum(-1)
     y = (w * e2).sum(-1)
     r2 = x * x + y * y
-    deg = r2 < 1e-18  # |w| < 1e-9: JMP clamps |u x v| >= 1e-9 there, i.e. theta = pi / 2
+    # |w| below noise level: collinear atoms (e.g. periodic images of one atom on both sides of a),
+    # theta = pi / 2 as JMP's clamp |u x v| >= 1e-9 gives. 1e-9 in float64 as JMP; in float32 the
+    # cross product of exactly parallel unit vectors is ~1e-7 noise, whose azimuth (and its 1/|w|
+    # gradient) would be garbage, so the threshold is 1e-5 there.
+    tol = 1e-18 if w.dtype == torch.float64 else 1e-10
+    deg = r2 < tol
     r = torch.sqrt(torch.where(deg, torch.ones_like(r2), r2))
     c1 = torch.where(deg, torch.ones_like(x), x / r)
     s1 = torch.where(deg, torch.zeros_like(y), y / r)
