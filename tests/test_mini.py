@@ -102,6 +102,8 @@ def test_labels_and_tags(stores, qm9_small):
     other_gdb = set(np.asarray(q.array("sid"))[np.concatenate([q.split("val"), q.split("test")])].tolist())
     sids = set(np.asarray(ani.array("sid")).tolist())
     assert sids <= train_gdb and not sids & other_gdb
+    t1x_gdb = set(stores["transition1x-mini"].manifest["provenance"]["reaction_source_gdb"])
+    assert t1x_gdb and t1x_gdb <= train_gdb
     # ani1x split by formula: no formula in two splits
     splits = {s: {ani[i].cls for i in ani.split(s)} for s in ani.split_names()}
     assert not (splits["train"] & splits["val"]) and not (splits["train"] & splits["test"])

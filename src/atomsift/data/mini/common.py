@@ -182,7 +182,8 @@ def label(atoms, calc) -> tuple[float, np.ndarray]:
 
 
 def min_distance(numbers, positions, cell=None, pbc=None) -> float:
-    """Shortest interatomic distance, periodic images included."""
+    """Shortest interatomic distance, periodic images included (``inf`` if none is below 4 A in a
+    periodic cell)."""
     from ase import Atoms
     from ase.neighborlist import neighbor_list
 
@@ -195,8 +196,21 @@ def min_distance(numbers, positions, cell=None, pbc=None) -> float:
         d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
         d[np.diag_indices(n)] = np.inf
         return float(d.min())
-    atoms = Atoms(numbers=numbers, positions=pos, cell=cell, pbc=pbc_a)
-    d = neighbor_list("d", atoms, 2.0, self_interaction=False)
+    cell_a = np.asarray(cell, dtype=np.float64)
+    if pbc_a.all() and n < 400:
+        # minimum-image convention is exact for distances below half of every cell width
+        inv = np.linalg.inv(cell_a)
+        widths = 1.0 / np.linalg.norm(inv, axis=0)
+        if widths.min() > 4.0:
+            frac = (pos[:, None] - pos[None]) @ inv
+            frac -= np.round(frac)
+            d = np.linalg.norm(frac @ cell_a, axis=-1)
+            d[np.diag_indices(n)] = np.inf
+            dmin = float(d.min()) if n > 1 else np.inf
+            if dmin < 0.5 * widths.min():
+                return dmin
+    atoms = Atoms(numbers=numbers, positions=pos, cell=cell_a, pbc=pbc_a)
+    d = neighbor_list("d", atoms, 4.0, self_interaction=False)
     return float(d.min()) if d.size else np.inf
 
 

@@ -241,6 +241,7 @@ def generate_transition1x(out, *, n: int, seed: int, pool, qm9=None, **_) -> tup
         "geometries": "QM9 (qm9pack or --qm9 store), train split of the QM9 task only, no F, >= 4 atoms",
         "qm9_source": str(qm9) if qm9 else "qm9pack (JMP split)",
         "paths": {"htransfer": kinds.count("htransfer"), "stretch": kinds.count("stretch")},
+        "reaction_source_gdb": [int(t[2]) for t in tasks],  # QM9 index of each reaction's molecule (sid = reaction)
         "frames_per_reaction": T1X_FRAMES, "jitter_A": T1X_JITTER, "max_stretch_A": T1X_STRETCH,
         "split": "by reaction, 90/5/5", "skips": skips,
     }
