@@ -178,10 +178,15 @@ def test_factorised_dihedral_sum_equals_enumerated_quadruplets(kind):
     Vm = edge_geometry(b.pos, b.cell, b.batch, g.main)[1]
     Vq = edge_geometry(b.pos, b.cell, b.batch, g.qint)[1]
     x = torch.randn(g.quad.triplet_in.out.numel(), 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    z = dihedral_sum(dihedral_features(Vm, Vq, g, 7), x, g.quad, g.qint.num_edges)
+    tin, tout = g.quad.triplet_in, g.quad.triplet_out
+    # the model lays triplet_in out densely per qint edge (main slot of d)
+    xd = torch.zeros(g.qint.num_edges, g.quad.in_index.shape[1], 3, dtype=torch.float64)
+    xd[tin.out, g.main_pad.slot[tin.in_]] = x
+    assert int(g.quad.in_mask.sum()) == tin.out.numel()
+    z = dihedral_sum(dihedral_features(Vm, Vq, g, 7), xd)
     ref = dihedral_sum_bruteforce(Vm, Vq, g.main, g.qint, x, b.pos.shape[0], 7)
-    tout = g.quad.triplet_out  # brute force is per triplet_out; the model's z is dense per atom
-    z = z[g.main.edge_index[1][tout.out], g.main_pad.slot[tout.out], g.qint_pad.slot[tout.in_]]
+    # brute force is per triplet_out; the model's z is dense per (atom a, qint slot b, main slot c)
+    z = z[g.main.edge_index[1][tout.out], g.qint_pad.slot[tout.in_], g.main_pad.slot[tout.out]]
     assert g.quad.excl_out.numel() > 0
     # crystals have exactly collinear image triples (c, a, b): JMP's clamp |u x v| >= 1e-9 then
     # gives cos(theta) ~ 1e-8 instead of 0, the only (tiny) difference from the exact expansion

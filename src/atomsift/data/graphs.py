@@ -140,6 +140,12 @@ class QuadTriplets:
     excl_a: Tensor | None = None
     excl_c: Tensor | None = None
     excl_b: Tensor | None = None
+    # triplet_in dense per qint edge b->a: the main edges d->b into b (n_qint, Kmain), masked
+    # where padding or d == a in the same image; the excluded pairs as (qint edge, main slot)
+    in_index: Tensor | None = None
+    in_mask: Tensor | None = None
+    excl_e: Tensor | None = None
+    excl_slot: Tensor | None = None
 
 
 @dataclass
@@ -518,6 +524,18 @@ def build_graphs(
     quad.excl_a = main.edge_index[1][e_ca]
     quad.excl_c = main_pad.slot[e_ca]
     quad.excl_b = qint_pad.slot[quad.triplet_out.in_[quad.excl_out]]
+    s_q, t_q = qint.edge_index
+    in_index = main_pad.index[s_q]  # (n_qint, Kmain): edges d->b into the source b of b->a
+    E_main = main.num_edges
+    d = torch.cat([main.edge_index[0], main.edge_index.new_full((1,), -1)])[in_index]
+    same = d == t_q[:, None]
+    if _has_offsets(main) or _has_offsets(qint):
+        off = torch.cat([main.cell_offset, main.cell_offset.new_zeros(1, 3)])[in_index]
+        same &= (off + qint.cell_offset[:, None, :] == 0).all(-1)
+    quad.in_index = in_index
+    quad.in_mask = (in_index < E_main) & ~same
+    quad.excl_e = quad.triplet_in.out[quad.excl_in]
+    quad.excl_slot = main_pad.slot[quad.triplet_in.in_[quad.excl_in]]
     return GraphSet(
         main=main,
         a2a=a2a,

@@ -154,11 +154,10 @@ def dihedral_features(V_m: Tensor, V_q: Tensor, g: GraphSet, L: int) -> dict:
     azimuths a_c, a_d of u, v in any frame orthogonal to V_ba, cos theta = cos(a_c - a_d) and
     Y_l(cos theta) = sum_m M[l, m] (cos m a_c cos m a_d + sin m a_c sin m a_d) (Chebyshev
     expansion of P_l). So sum_d Y_l(theta_cabd) x_d needs sums over d per qint edge only.
-    The d-side features are per triplet_in (d->b, b->a); the c-side ones are dense per atom a,
+    d-side features are dense per qint edge b->a (main slot d of b); c-side ones dense per atom a
     (main slot c, qint slot b).
     """
     q = g.quad
-    tin = q.triplet_in
     n = V_q
     # a frame orthogonal to every qint edge direction
     ex = torch.zeros_like(n)
@@ -168,8 +167,13 @@ def dihedral_features(V_m: Tensor, V_q: Tensor, g: GraphSet, L: int) -> dict:
     e1 = ex - (ex * n).sum(-1, keepdim=True) * n
     e1 = e1 / e1.norm(dim=-1, keepdim=True)
     e2 = torch.linalg.cross(n, e1, dim=-1)
-    v = torch.linalg.cross(V_m[tin.in_], V_q[tin.out], dim=-1)  # V_db x V_ba
-    cs_d, deg_d = _azimuth_features(v, e1[tin.out], e2[tin.out], L)
+    nq, Km = q.in_index.shape
+    Vd = _pad(V_m, q.in_index)  # (nq, Km, 3): V_db
+    v = torch.linalg.cross(Vd, V_q[:, None, :].expand(nq, Km, 3), dim=-1)  # V_db x V_ba
+    cs_d, deg_d = _azimuth_features(v.reshape(-1, 3), e1[:, None].expand(nq, Km, 3).reshape(-1, 3), e2[:, None].expand(nq, Km, 3).reshape(-1, 3), L)
+    valid = q.in_mask.to(V_m.dtype)
+    cs_d = cs_d.view(nq, Km, 2 * L - 1) * valid[..., None]
+    deg_d = deg_d.view(nq, Km).to(V_m.dtype) * valid
     mp, qp = g.main_pad, g.qint_pad
     Vc = _pad(V_m, mp.index)  # (N, Kc, 3)
     Vb = _pad(V_q, qp.index)  # (N, Kq, 3)
@@ -184,39 +188,47 @@ def dihedral_features(V_m: Tensor, V_q: Tensor, g: GraphSet, L: int) -> dict:
     M = M.to(V_m.dtype).to(V_m.device)
     y0 = y0.to(V_m.dtype).to(V_m.device)
     # excluded quadruplets (d == c): subtract exactly the term the separable sum added for them
-    ea, ec, eb, ei = q.excl_a, q.excl_c, q.excl_b, q.excl_in
-    y_excl = (cs_t[ea, ec, eb] * cs_d[ei]) @ M.t()
-    either = (deg_t[ea, ec, eb] | deg_d[ei]).to(V_m.dtype)[:, None]
+    ea, ec, eb, ee, es = q.excl_a, q.excl_c, q.excl_b, q.excl_e, q.excl_slot
+    y_excl = (cs_t[ea, ec, eb] * cs_d[ee, es]) @ M.t()
+    either = torch.maximum(deg_t[ea, ec, eb].to(V_m.dtype), deg_d[ee, es])[:, None]
     y_excl = y_excl * (1 - either) + y0[None, :] * either
-    Yex = V_m.new_zeros(N, Kc, Kq, L).index_put((ea, ec, eb), y_excl)
-    istar = torch.full((N, Kc, Kq), tin.out.numel(), dtype=torch.long, device=V_m.device)
-    istar[ea, ec, eb] = ei
+    Yex = V_m.new_zeros(N, Kq, Kc, L).index_put((ea, eb, ec), y_excl)  # layout (a, b, c)
+    istar = torch.full((N, Kq, Kc), nq * Km, dtype=torch.long, device=V_m.device)
+    istar[ea, eb, ec] = ee * Km + es
     return {
         "cs_d": cs_d,
-        "deg_d": deg_d.to(V_m.dtype),
-        "cs_t": cs_t,
-        "deg_t": deg_t.to(V_m.dtype),
+        "deg_d": deg_d,
+        "cs_t": cs_t.permute(0, 2, 1, 3).reshape(N * Kq, Kc, 2 * L - 1),  # (a, b) batches
+        "deg_t": deg_t.permute(0, 2, 1).to(V_m.dtype),  # (N, Kq, Kc)
         "M": M,
         "y0": y0,
         "Yex": Yex,
         "istar": istar,
         "qint_index": qp.index,
+        "shape": (N, Kc, Kq),
     }
 
 
-def dihedral_sum(dh: dict, x_tin: Tensor, q, n_qint: int) -> Tensor:
-    """z (N, Kc, Kq, L, C): for every atom a, main slot c and qint slot b, the sum over the
-    quadruplets d->b->a<-c of Y_l(cos theta_cabd) x_d, without enumerating quadruplets."""
-    tin = q.triplet_in
-    AB = segment_sum(dh["cs_d"][:, :, None] * x_tin[:, None, :], tin.out, n_qint)  # (n_q, 2L-1, C)
-    D = segment_sum(dh["deg_d"][:, None] * x_tin, tin.out, n_qint)  # degenerate d: theta = pi/2
-    ABp = _pad(AB, dh["qint_index"])  # (N, Kq, 2L-1, C)
-    Dp = _pad(D, dh["qint_index"])  # (N, Kq, C)
-    cs_t = dh["cs_t"]  # (N, Kc, Kq, 2L-1)
-    z = torch.matmul(dh["M"], cs_t[..., None] * ABp[:, None])  # (N, Kc, Kq, L, C)
-    rest = Dp[:, None] + dh["deg_t"][..., None] * ABp[:, None, :, 0]  # degenerate c: theta = pi/2
+def dihedral_sum(dh: dict, x_tin: Tensor) -> Tensor:
+    """z (N, Kq, Kc, L, C): for every atom a, qint slot b and main slot c, the sum over the
+    quadruplets d->b->a<-c of Y_l(cos theta_cabd) x_d, without enumerating quadruplets.
+
+    ``x_tin`` (n_qint, Kmain, C): the message of each triplet_in (d->b, b->a), dense per qint edge.
+    """
+    N, Kc, Kq = dh["shape"]
+    L = dh["y0"].shape[0]
+    C = x_tin.shape[-1]
+    AB = torch.bmm(dh["cs_d"].transpose(1, 2), x_tin)  # (n_q, 2L-1, C): sums over d per qint edge
+    D = torch.bmm(dh["deg_d"][:, None, :], x_tin)[:, 0]  # degenerate d: theta = pi/2
+    # G[e, k, l, x] = M[l, k] AB[e, k, x]
+    G = dh["M"].t()[None, :, :, None] * AB[:, :, None, :]
+    Gp = _pad(G.reshape(G.shape[0], -1, L * C), dh["qint_index"]).view(N * Kq, -1, L * C)
+    z = torch.bmm(dh["cs_t"], Gp).view(N, Kq, Kc, L, C)
+    ABp = _pad(AB[:, 0], dh["qint_index"])  # (N, Kq, C)
+    Dp = _pad(D, dh["qint_index"])
+    rest = Dp[:, :, None] + dh["deg_t"][..., None] * ABp[:, :, None]  # degenerate c: theta = pi/2
     z = z + dh["y0"][:, None] * rest[:, :, :, None, :]
-    xs = _pad(x_tin, dh["istar"])  # (N, Kc, Kq, C): x of the excluded d == c, zero elsewhere
+    xs = _pad(x_tin.reshape(-1, C), dh["istar"])  # (N, Kq, Kc, C): x of the excluded d == c
     return z - dh["Yex"][..., None] * xs[..., None, :]
 
 
@@ -311,14 +323,14 @@ class Bases(nn.Module):
         Y_e2a = pair_block(V_ae, V_m, ap, mp, g.a2ee2a, g.main, L)
         # quadruplets: triplet_in d->b (main) into b->a (qint): angle abd
         q = g.quad
-        tin, tout = q.triplet_in, q.triplet_out
-        cbf_qint = circular_basis(_cos(V_q[tin.out], V_m[tin.in_]), L)
+        Vd = _pad(V_m, q.in_index)  # (n_qint, Kmain, 3)
+        cbf_qint = circular_basis((Vd * V_q[:, None, :]).sum(-1).clamp(-1.0, 1.0), L)  # (n_qint, Km, L)
         # triplet_out: c->a (main) with b->a (qint): angle cab; the dihedral enters factorised
         dihedral = dihedral_features(V_m, V_q, g, L)
         Y_phi = pair_block(V_m, V_q, g.main_pad, g.qint_pad, g.main, g.qint, L)  # (N, Kc*L, Kq)
         # qint cbf has no aggregation: per triplet_in vector sum_l R[qint edge][:, l] Y_l
-        r_qint = self.mlp_cbf_qint(rbf_q)[tin.out]  # (n_tin, emb_cbf, L)
-        cbf_qint_vec = (r_qint * cbf_qint[:, None, :]).sum(-1)
+        r_qint = self.mlp_cbf_qint(rbf_q)  # (n_qint, emb_cbf, L)
+        cbf_qint_vec = torch.bmm(cbf_qint, r_qint.transpose(1, 2))  # (n_qint, Km, emb_cbf)
 
         R_e2a = self.mlp_cbf_eaint(rbf_ae)  # (n_a2ee2a, emb_cbf, L), padded per target atom
         R_e2a = torch.cat([R_e2a, R_e2a.new_zeros((1,) + R_e2a.shape[1:])])[ap.index]  # (N, Kae, I, L)
@@ -331,6 +343,8 @@ class Bases(nn.Module):
             "qint": {
                 "rad": self.mlp_rbf_qint(rbf_m),
                 "cbf": cbf_qint_vec,
+                "in_index": q.in_index,
+                "in_mask": q.in_mask,
                 "R": self.mlp_sbf_qint(rbf_m),
                 "Y_phi": Y_phi,
                 "out_t": g.main.edge_index[1],

@@ -202,19 +202,21 @@ class QuadrupletInteraction(nn.Module):
         x2 = x * self.mlp_rbf(basis["rad"])
         x = self.scale_rbf(x2, ref=x)
         x = self.down_projection(x)
-        tin, tout = quad.triplet_in, quad.triplet_out
-        x = x[tin.in_]  # edges d->b, per triplet_in
+        # triplet_in d->b -> b->a, dense per qint edge (main slot d)
+        x = torch.cat([x, x.new_zeros(1, x.shape[1])])[basis["in_index"]]
+        x = x * basis["in_mask"][..., None].to(x.dtype)
         x2 = x * self.mlp_cbf(basis["cbf"])
-        x = self.scale_cbf(x2, ref=x)
-        # z[a, c, b] = sum over d of Y_l'(theta_cabd) x_d (bases.dihedral_sum), then
-        # sx[c->a] = sum over b of Y_l(phi_cab) (x) z[a, c, b]: one bmm per (a, c)
-        z = dihedral_sum(basis["dihedral"], x, quad, n_qint)
-        N, Kc, Kq, L, C = z.shape
+        x = self.scale_cbf(x2.reshape(-1, x2.shape[-1]), ref=x.reshape(-1, x.shape[-1])).view(x2.shape)
+        # z[a, b, c] = sum over d of Y_l'(theta_cabd) x_d (bases.dihedral_sum), then
+        # sx[c->a] = sum over b of Y_l(phi_cab) (x) z[a, b, c]: one bmm per (a, c)
+        z = dihedral_sum(basis["dihedral"], x)
+        N, Kq, Kc, L, C = z.shape
         Yp = basis["Y_phi"].view(N * Kc, L, Kq)
-        sx = torch.bmm(Yp, z.reshape(N * Kc, Kq, L * C)).view(N, Kc, L * L, C)
+        z = z.permute(0, 2, 1, 3, 4).reshape(N * Kc, Kq, L * C)
+        sx = torch.bmm(Yp, z).view(N, Kc, L * L, C)
         sx = sx[basis["out_t"], basis["out_slot"]]  # (n_main, 49, C), index l_phi * L + l_theta
         y = self.mlp_sbf.project(basis["R"], sx)
-        y = self.scale_sbf_sum(y, ref=x)
+        y = self.scale_sbf_sum(y, ref=x.reshape(-1, x.shape[-1]))
         return (self.up_projection_ca(y) + self.up_projection_ac(y)[id_swap]) * INV_SQRT2
 
 
