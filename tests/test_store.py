@@ -115,6 +115,9 @@ def test_records_equal_the_raw_files_and_are_copies(tmp_path):
     r.forces[:] = 99.0
     assert not np.any(s[2].positions == 99.0) and not np.any(s[2].forces == 99.0)
     assert s[-1].index == 4 and s.subset([4, 0])[1].index == 0
+    assert s.subset([4, 1, 0]).subset([2, 1])[0].index == 0
+    with pytest.raises(IndexError):
+        s.subset([5])
     with pytest.raises(IndexError):
         s[5]
 

@@ -755,7 +755,9 @@ class Store:
 
     def subset(self, indices) -> "Store":
         """A view over ``indices`` (global indices when self is the whole store, else positions in self)."""
-        idx = np.asarray(indices, dtype=np.int64)
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"subset indices must lie in 0..{len(self) - 1}")
         if self._indices is not None:
             idx = self._indices[idx]
         view = Store.__new__(Store)
