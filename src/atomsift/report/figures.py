@@ -20,14 +20,21 @@ from .published import UPSTREAM_LABELS
 from .tables import collect, mean_sd
 
 
-def read_csi(path: str | Path, extractor: str, sampling: str, agg: str) -> dict[tuple[str, str], float]:
-    """{(upstream, downstream): csi} for one (extractor, sampling, agg) of a CSI table."""
+def read_csi(path: str | Path, extractor: str | None, sampling: str, agg: str) -> dict[tuple[str, str], float]:
+    """{(upstream, downstream): csi} for one (sampling, agg) of a CSI table.
+
+    ``results/csi/<extractor>.csv`` holds one extractor; its ``extractor`` column records what
+    ``atomsift moments`` was given (a name, or a checkpoint's), so ``extractor=None`` (what the
+    DAG passes) does not filter on it.
+    """
     path = Path(path)
     out: dict[tuple[str, str], list[float]] = {}
     try:
         with path.open(newline="") as fh:
             for i, row in enumerate(csv.DictReader(fh), start=2):
-                if (row.get("extractor"), row.get("sampling"), row.get("agg")) != (extractor, sampling, agg):
+                if (row.get("sampling"), row.get("agg")) != (sampling, agg):
+                    continue
+                if extractor is not None and row.get("extractor") != extractor:
                     continue
                 try:
                     v = float(row["csi"])
@@ -51,7 +58,7 @@ def lowest_csi(csi: dict[tuple[str, str], float], candidates, task: str) -> str:
 def fig1_data(spec: dict) -> dict:
     """Per task: the chosen upstream, both MAEs (mean, sd) and the relative change."""
     sel = spec["csi"]
-    csi = read_csi(sel["table"], sel["extractor"], sel["sampling"], sel["agg"])
+    csi = read_csi(sel["table"], None, sel["sampling"], sel["agg"])
     data = collect(spec["cells"])
     bb = spec["backbone"]
     base_u, base_b = spec["baseline"]["upstream"], spec["baseline"]["budget"]

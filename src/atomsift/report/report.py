@@ -87,7 +87,7 @@ def csi_verdicts(spec: dict) -> list[dict]:
     and backbone, over the single-dataset upstreams the CSI ranks.
     """
     sel = spec["csi"]["selection"]
-    csi = read_csi(sel["table"], sel["extractor"], sel["sampling"], sel["agg"])
+    csi = read_csi(sel["table"], None, sel["sampling"], sel["agg"])
     candidates = list(spec["csi"]["upstreams"])
     out, seen = [], set()
     for name, table in spec["tables"].items():
