@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 
 from atomsift import __version__
@@ -26,14 +27,21 @@ VERB_MODULES = (
 )
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (and exit code 2), as every other error."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="atomsift",
         description="CSI dataset selection, budgeted pretraining and finetuning for atomistic models.",
     )
     parser.add_argument("--version", action="version", version=f"atomsift {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_OneLineParser)
     for name in VERB_MODULES:
         importlib.import_module(name).register(sub)
     return parser
@@ -65,6 +73,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         name = exc.filename or str(exc)
         print(f"atomsift {args.verb}: error: {name}: no such file or directory", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # output piped into e.g. `head`: not an error of ours; silence the flush at exit
+        sys.stdout = open(os.devnull, "w")
+        return 0
+    except OSError as exc:
+        if debug:
+            raise
+        name = f"{exc.filename}: " if exc.filename else ""
+        print(f"atomsift {args.verb}: error: {name}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"atomsift {args.verb}: interrupted", file=sys.stderr)

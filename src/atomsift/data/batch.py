@@ -106,9 +106,20 @@ def from_atoms(atoms_list, dtype: torch.dtype = torch.float32) -> AtomsBatch:
                 cell=np.asarray(a.cell.array, dtype=np.float64),
                 pbc=np.asarray(a.pbc, dtype=bool),
                 tags=np.asarray(a.get_tags(), dtype=np.int64),
-                fixed=np.zeros(len(a), dtype=bool),
+                fixed=_fixed_mask(a),
                 energy=e,
                 forces=f,
             )
         )
     return collate(recs, dtype=dtype)
+
+
+def _fixed_mask(atoms) -> np.ndarray:
+    """Atoms held by an ASE ``FixAtoms`` constraint."""
+    from ase.constraints import FixAtoms
+
+    mask = np.zeros(len(atoms), dtype=bool)
+    for c in atoms.constraints:
+        if isinstance(c, FixAtoms):
+            mask[c.index] = True
+    return mask

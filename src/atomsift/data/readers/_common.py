@@ -286,7 +286,8 @@ def hill_formula(numbers) -> str:
     implicit: [6, 1, 1, 1, 1] -> "CH4"."""
     counts = np.bincount(np.asarray(numbers, dtype=np.int64), minlength=119)
     syms = {_SYMBOLS[z]: int(c) for z, c in enumerate(counts) if c and z}
-    order = (["C", "H"] if "C" in syms else []) + sorted(s for s in syms if s not in ("C", "H") or "C" not in syms)
+    head = [s for s in ("C", "H") if s in syms] if "C" in syms else []
+    order = head + sorted(s for s in syms if s not in head)
     return "".join(s if syms[s] == 1 else f"{s}{syms[s]}" for s in order)
 
 
