@@ -786,6 +786,7 @@ class Store:
             "energy_kind": m.get("energy_kind"),
             "reader": m["reader"],
             "source": m.get("source"),
+            "provenance": m.get("provenance"),
         }
 
 
