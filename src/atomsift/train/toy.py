@@ -45,7 +45,7 @@ def random_molecule(rng: np.random.Generator, n_min: int = 3, n_max: int = 7, el
 
 def make_toy_store(out: str | Path, n: int, *, dataset: str = "ani1x", seed: int = 0, coeff: dict | None = None,
                    noise: float = 0.0, n_val: int | None = None, n_test: int = 0, elements=(1, 6, 7, 8),
-                   targets: bool = False) -> Path:
+                   targets: bool = False, n_atoms: tuple[int, int] = (3, 7)) -> Path:
     """Write a store of ``n`` toy molecules with train/val(/test) splits; return its path."""
     coeff = dict(DEFAULT_COEFF if coeff is None else coeff)
     rng = np.random.default_rng(seed)
@@ -53,7 +53,7 @@ def make_toy_store(out: str | Path, n: int, *, dataset: str = "ani1x", seed: int
     kw = dict(target_names=["gap"], target_units={"gap": "eV"}) if targets else {}
     with StoreWriter(out, dataset=dataset, reader="toy", has_energy=True, has_forces=True, energy_kind="total", **kw) as w:
         for i in range(n):
-            z, pos = random_molecule(rng, elements=elements)
+            z, pos = random_molecule(rng, n_atoms[0], n_atoms[1], elements=elements)
             e, f = morse(pos)
             e += sum(coeff[int(x)] for x in z) + (rng.normal() * noise if noise else 0.0)
             t = {"targets": [float(e - sum(coeff[int(x)] for x in z))]} if targets else {}
