@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+import time
 from typing import Callable, Sequence
 
 import lightning.pytorch as pl
@@ -150,6 +151,12 @@ class AtomsModule(pl.LightningModule):
         self.seen_ids: dict[int, list] = {}
         self._val_acc: dict[str, Tensor] = {}
         self.lambdas: list[WarmupCosine] = []
+        self._t0 = time.time()
+        self.prior_elapsed = 0.0  # training wall time of earlier (killed) segments of this run
+
+    def elapsed(self) -> float:
+        """Wall time of this run since its first start, summed over resumed segments."""
+        return self.prior_elapsed + time.time() - self._t0
 
     # -- what evaluation uses
     @property
@@ -229,12 +236,15 @@ class AtomsModule(pl.LightningModule):
 
     # -- checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["atomsift"] = {"val_curve": self.val_curve, "seen_ids": self.seen_ids if self.record_seen else {}}
+        checkpoint["atomsift"] = {"val_curve": self.val_curve, "seen_ids": self.seen_ids if self.record_seen else {},
+                                  "elapsed": self.elapsed()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         extra = checkpoint.get("atomsift", {})
         self.val_curve = list(extra.get("val_curve", []))
         self.seen_ids = {int(k): v for k, v in extra.get("seen_ids", {}).items()}
+        self.prior_elapsed = float(extra.get("elapsed", 0.0))
+        self._t0 = time.time()
 
 
 # -------------------------------------------------------------------------------------- pretrain
@@ -478,13 +488,21 @@ class FinetuneModule(AtomsModule):
             return
         mae = v["abs"] / max(v["count"], 1.0)
         row = {"epoch": int(self.current_epoch), "step": int(self.global_step), "mae": mae, "loss": v["loss_sum"] / max(v["n"], 1.0),
-               "lr": float(self.trainer.optimizers[0].param_groups[-1]["lr"]) if self.trainer.optimizers else None}
+               "lr": self._base_lr()}
         self.val_curve.append(row)
         self.log("val/mae", mae, prog_bar=True, sync_dist=False)
         self.log("val/loss", row["loss"], sync_dist=False)
         # reduce-on-plateau once the cosine phase is over (validation runs at epoch ends)
         if not self.trainer.sanity_checking and self.global_step >= self.cosine_steps:
             self.plateau.step(mae, self.lambdas)
+
+    def _base_lr(self) -> float | None:
+        """Current LR of the groups at scale 1.0 (heads, bases), i.e. lr x schedule."""
+        if not self.trainer.optimizers:
+            return None
+        groups = self.trainer.optimizers[0].param_groups
+        g = next((g for g in groups if g.get("scale", 1.0) == 1.0), groups[0])
+        return float(g["lr"])
 
     def test_step(self, batch: Batch, batch_idx: int):
         model = self.test_model if self.test_model is not None else self.eval_model

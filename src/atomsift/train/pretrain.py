@@ -110,6 +110,8 @@ def run_pretrain(cfg: PretrainConfig, out: str | Path, *, config_path: str | Pat
     trainer = make_trainer(cfg, out, max_epochs=cfg.epochs, callbacks=list(callbacks or []), monitor="val/loss",
                            gradient_clip_val=cfg.grad_clip_norm, gradient_clip_algorithm="norm",
                            find_unused_parameters=len(names) > 1)
+    setup_s = time.time() - t0  # data, references, model (before the module's clock starts)
+    module._t0 = time.time()
     trainer.fit(module, ckpt_path=str(out / "last.ckpt") if resume else None)
     rank = trainer.global_rank
     if cfg.record_seen:
@@ -161,7 +163,7 @@ def run_pretrain(cfg: PretrainConfig, out: str | Path, *, config_path: str | Pat
         "scheduled_steps": sched_steps,
         "warmup_steps": warmup,
         "world_size": trainer.world_size,
-        "wall_time_s": time.time() - t0,
+        "wall_time_s": module.elapsed() + setup_s,
         "best_val_loss": min((r["loss"] for r in curve), default=None),
         "best_checkpoint": str(best) if best.exists() else None,
         "val_curve": curve,
