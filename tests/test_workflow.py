@@ -353,3 +353,17 @@ def test_every_run_file_is_a_valid_training_config(name):
     for cell in G.all_cells(config):
         c = train.finetune_config_from_dict(G.finetune_run(config, cell.task, cell.backbone, cell.seed), "ft.yaml")
         assert c.seed == cell.seed and c.store == G.store_dir(config["tasks"][cell.task]["dataset"])
+
+
+def test_bare_profile_name_works_after_profile_install(tmp_path):
+    """The design card's `snakemake --profile slurm` (a bare name) after `atomsift profile install slurm`."""
+    (tmp_path / "wd").mkdir()
+    wd = workdir(tmp_path / "wd")
+    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "xdg"))
+    res = subprocess.run([str(Path(sys.executable).parent / "atomsift"), "profile", "install", "slurm"],
+                         cwd=wd, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "xdg/snakemake/slurm").resolve() == (ROOT / "profiles/slurm").resolve()
+    dry = snakemake(wd, "--profile", "slurm", "-n", "results/table1.csv", env=env)
+    assert dry.returncode == 0, dry.stdout[-2000:] + dry.stderr[-2000:]
+    assert "Using profile slurm" in dry.stdout + dry.stderr
