@@ -328,3 +328,26 @@ def test_finetune_forces_in_mev_per_angstrom(stores, tmp_path):
         mae = float((f - torch.as_tensor(np.asarray(st.array("forces"))[np.concatenate(
             [np.arange(st.offsets[g], st.offsets[g + 1]) for g in test])])).abs().mean())
         assert m["test_mae"] == pytest.approx(1000 * mae, rel=1e-4)
+
+
+def test_transfer_backbone_from_a_pretrained_checkpoint(tmp_path):
+    from atomsift.models import build_model, load_checkpoint, save_checkpoint
+    from atomsift.models.heads import HeadSpec
+    from atomsift.train.finetune import transfer_backbone
+
+    pre = build_model("tiny", {"ani1x": HeadSpec("energy_direct_forces")}, direct_forces_backbone=True, seed=1)
+    save_checkpoint(tmp_path / "model.pt", pre, {"stage": "pretrain"})
+    loaded, _ = load_checkpoint(tmp_path / "model.pt")
+    new = build_model("tiny", {"task": HeadSpec("energy_grad_forces")}, direct_forces_backbone=False, seed=2)
+    heads_before = {k: v.clone() for k, v in new.state_dict().items() if k.startswith("heads.")}
+    info = transfer_backbone(loaded, new)
+    assert info["reinitialised"] == [] and info["loaded"] > 0
+    src = pre.state_dict()
+    for k, v in new.state_dict().items():
+        if k.startswith("heads."):
+            assert torch.equal(v, heads_before[k])  # new heads keep their fresh weights
+        else:
+            assert torch.equal(v, src[k]), k  # every backbone tensor comes from the checkpoint
+    other = build_model("small", {"task": HeadSpec("scalar")}, direct_forces_backbone=False, seed=0)
+    with pytest.raises(InputError, match="does the run file's size match the checkpoint"):
+        transfer_backbone(loaded, other)
