@@ -208,7 +208,7 @@ def run_finetune(cfg: FinetuneConfig, out: str | Path, pretrained: str | None, *
         progress=progress, record_seen=cfg.record_seen)
     trainer = make_trainer(cfg, out, max_epochs=cfg.epochs, callbacks=list(callbacks or []), monitor="val/mae",
                            gradient_clip_val=cfg.grad_clip_value, gradient_clip_algorithm="value",
-                           find_unused_parameters=False)
+                           find_unused_parameters=False, steps_per_epoch=spe)
     setup_s = time.time() - t0  # data, references, model (before the module's clock starts)
     module._t0 = time.time()
     trainer.fit(module, ckpt_path=str(out / "last.ckpt") if resume else None)

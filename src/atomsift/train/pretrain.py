@@ -109,7 +109,7 @@ def run_pretrain(cfg: PretrainConfig, out: str | Path, *, config_path: str | Pat
 
     trainer = make_trainer(cfg, out, max_epochs=cfg.epochs, callbacks=list(callbacks or []), monitor="val/loss",
                            gradient_clip_val=cfg.grad_clip_norm, gradient_clip_algorithm="norm",
-                           find_unused_parameters=len(names) > 1)
+                           find_unused_parameters=len(names) > 1, steps_per_epoch=steps_per_epoch)
     setup_s = time.time() - t0  # data, references, model (before the module's clock starts)
     module._t0 = time.time()
     trainer.fit(module, ckpt_path=str(out / "last.ckpt") if resume else None)

@@ -58,7 +58,7 @@ def _resume_checkpoint_class():
 
 
 def make_trainer(cfg, out: Path, *, max_epochs: int, callbacks: list, monitor: str, gradient_clip_val: float,
-                 gradient_clip_algorithm: str, find_unused_parameters: bool):
+                 gradient_clip_algorithm: str, find_unused_parameters: bool, steps_per_epoch: int | None = None):
     """A Lightning Trainer for one run writing into ``out`` (checkpoints, CSV logs)."""
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -94,7 +94,9 @@ def make_trainer(cfg, out: Path, *, max_epochs: int, callbacks: list, monitor: s
         num_sanity_val_steps=0,
         inference_mode=False,
         use_distributed_sampler=False,
-        val_check_interval=cfg.val_every_n_steps,
+        # Lightning rejects an interval longer than the epoch: cap it (validation at epoch end anyway)
+        val_check_interval=(min(cfg.val_every_n_steps, steps_per_epoch) if cfg.val_every_n_steps and steps_per_epoch
+                            else cfg.val_every_n_steps),
         log_every_n_steps=1,
         default_root_dir=str(out),
         deterministic=False,
