@@ -284,8 +284,8 @@ def build_report(spec: dict) -> str:
     lines += ["## Tables: ours beside the paper's", "",
               "Ours: mean ± sd over finetuning seeds; *wins vs none*: seeds (paired) where the cell beat the "
               "no-pretraining baseline, with the mean ± sd relative MAE change. *paper*: the published value of the "
-              "same upstream in the matching budget block (our budgets are scaled down: compare orderings, not "
-              "magnitudes).", ""]
+              "same upstream in the matching budget block of the paper's table (our budgets, backbones and datasets "
+              "may be scaled down: compare orderings, not magnitudes).", ""]
     for name, table in spec["tables"].items():
         lines += _table_section(name, table)
     if spec.get("figures"):
