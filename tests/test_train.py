@@ -351,3 +351,25 @@ def test_transfer_backbone_from_a_pretrained_checkpoint(tmp_path):
     other = build_model("small", {"task": HeadSpec("scalar")}, direct_forces_backbone=False, seed=0)
     with pytest.raises(InputError, match="does the run file's size match the checkpoint"):
         transfer_backbone(loaded, other)
+
+
+def test_finetune_layerwise_lr_groups_end_on_one_floor(stores, tmp_path):
+    grabbed = {}
+
+    class Grab(pl.Callback):
+        def on_train_start(self, trainer, module):
+            grabbed["start"] = [(g["scale"], g["lr"]) for g in trainer.optimizers[0].param_groups]
+
+        def on_train_end(self, trainer, module):
+            grabbed["end"] = [(g["scale"], g["lr"]) for g in trainer.optimizers[0].param_groups]
+
+    cfg = finetune_config_from_dict({"task": "qm9", "store": str(stores["t"]), "target": "gap", "size": "tiny", "epochs": 3,
+                                     "batch_size": 8, "threads": 1, "lr": 1e-3, "cosine_epochs": 1, "plateau_patience": 100})
+    m = run_finetune(cfg, tmp_path / "ft", "none", model_factory=toy_model_factory, callbacks=[Grab()])
+    scales = sorted({s for s, _ in grabbed["start"]})
+    assert scales == pytest.approx(sorted({0.3, 0.35, 0.625, 1.0}))  # embedding, 2 blocks, rest
+    for s, lr in grabbed["start"]:
+        assert lr == pytest.approx(1e-3 * s)
+    for s, lr in grabbed["end"]:
+        assert lr == pytest.approx(1e-4)  # every group anneals to 0.1 x lr after the cosine phase
+    assert [r["lr"] for r in m["val_curve"]][-1] == pytest.approx(1e-4)
