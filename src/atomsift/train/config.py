@@ -52,7 +52,14 @@ class RuntimeConfig:
     val_every_n_steps: Optional[int] = None  # default: validate once per epoch
     progress_bar: Optional[bool] = None  # default: only when stderr is a TTY
     record_seen: bool = False  # write DIR/seen_rank{r}.json (structure ids per epoch) for audits
-    scale_fit_batches: int = 16  # GemNet-OC scale factors fitted on this many batches from random init (0: keep defaults)
+    # GemNet-OC scale factors are fitted on this many training batches when starting from random
+    # weights (0: keep the defaults); null: 16 (JMP) for small/large, 4 for tiny (CPU cost)
+    scale_fit_batches: Optional[int] = None
+
+    def n_scale_fit_batches(self) -> int:
+        if self.scale_fit_batches is not None:
+            return self.scale_fit_batches
+        return 4 if getattr(self, "size", "small") == "tiny" else 16
 
 
 @dataclass
@@ -246,7 +253,7 @@ def _check_runtime(c: RuntimeConfig, p: Path) -> None:
     _check(c.threads is None or c.threads >= 1, p, "threads", "must be >= 1")
     _check(c.checkpoint_every_n_steps >= 1, p, "checkpoint_every_n_steps", "must be >= 1")
     _check(c.val_every_n_steps is None or c.val_every_n_steps >= 1, p, "val_every_n_steps", "must be >= 1")
-    _check(c.scale_fit_batches >= 0, p, "scale_fit_batches", "must be >= 0")
+    _check(c.scale_fit_batches is None or c.scale_fit_batches >= 0, p, "scale_fit_batches", "must be >= 0")
 
 
 def validate_pretrain(c: PretrainConfig, p: Path) -> PretrainConfig:

@@ -176,9 +176,9 @@ def run_finetune(cfg: FinetuneConfig, out: str | Path, pretrained: str | None, *
             pre_info.update(transfer_backbone(pre_model, model))
             del pre_model
         pre_info.update(path=str(ppath.resolve()), sha256=sha256_of(ppath))
-    elif fit_scales and cfg.scale_fit_batches > 0 and not resume:
+    elif fit_scales and cfg.n_scale_fit_batches() > 0 and not resume:
         sampler = D.EpochBatchSampler(len(ds["train"]), cfg.batch_size, seed=cfg.seed)
-        batches = [next(iter(collate([ds["train"][i] for i in idx]).sub.values())) for idx in sampler.batches(0, 0)[: cfg.scale_fit_batches]]
+        batches = [next(iter(collate([ds["train"][i] for i in idx]).sub.values())) for idx in sampler.batches(0, 0)[: cfg.n_scale_fit_batches()]]
         fit_scales_if_available(model, batches)
 
     world = cfg.devices * cfg.num_nodes

@@ -80,11 +80,11 @@ def run_pretrain(cfg: PretrainConfig, out: str | Path, *, config_path: str | Pat
     model = factory(cfg.size, {nm: HeadSpec("energy_direct_forces") for nm in names}, True, cfg.seed)
     collate = D.Collate(datasets, len(names))
     resume = (out / "last.ckpt").exists()
-    if fit_scales and cfg.scale_fit_batches > 0 and not resume:
+    if fit_scales and cfg.n_scale_fit_batches() > 0 and not resume:
         # scale factors from up to 16 training batches of the first epoch's order (fixed by the seed)
         sampler = D.EpochBatchSampler(len(pdata.train), cfg.batch_size, seed=cfg.seed)
         batches = []
-        for idx in sampler.batches(0, 0)[: cfg.scale_fit_batches]:
+        for idx in sampler.batches(0, 0)[: cfg.n_scale_fit_batches()]:
             batches.extend(collate([pdata.train[i] for i in idx]).sub.values())
         fit_scales_if_available(model, batches)
 
