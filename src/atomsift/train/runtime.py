@@ -67,6 +67,10 @@ def make_trainer(cfg, out: Path, *, max_epochs: int, callbacks: list, monitor: s
 
     ResumeCheckpoint = _resume_checkpoint_class()
     accel = accelerator_name(cfg)
+    if accel == "cpu" and cfg.precision == "16-mixed":
+        from atomsift.errors import InputError
+
+        raise InputError("16-mixed needs a GPU; use 32-true or bf16-mixed on CPU", field="precision")
     world = cfg.devices * cfg.num_nodes
     slurm_multi = int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in os.environ
     if world > 1 or slurm_multi:
