@@ -36,16 +36,17 @@ GENERATORS = {
     "spice-mini": ("atomsift.data.mini.md", "generate_spice", "spice"),
 }
 
-# Embedded default sizes (structures). Upstreams: a few thousand; oc22 is smaller because periodic
-# GFN1-xTB costs ~0.1 s per slab (and OC22 is the smallest real upstream too). Downstreams: ~1000;
-# md22 is smaller because Ac-Ala3-NHMe costs ~25 ms per xtb step (docs/mini-universe.md).
+# Embedded default sizes (structures), chosen so that all seven take <= 5 minutes on 2 cores
+# (measured in docs/mini-universe.md). Upstreams: a few thousand; oc20 2000 because each frame is
+# up to 8 EMT relaxation steps; oc22 1000 because periodic GFN1-xTB costs ~0.15 s per slab.
+# Downstreams: ~1000; md22 400 because Ac-Ala3-NHMe costs ~25-40 ms per xtb MD step.
 DEFAULT_SIZES = {
     "ani1x-mini": 3000,
     "transition1x-mini": 3000,
-    "oc20-mini": 3000,
+    "oc20-mini": 2000,
     "oc22-mini": 1000,
     "rmd17-mini": 1200,
-    "md22-mini": 600,
+    "md22-mini": 400,
     "spice-mini": 1000,
 }
 

@@ -15,8 +15,8 @@ centre of mass still). A trajectory whose SCF fails is rerun from a new seed (co
   train+val = round(n * 6000 / 85109) frames (JMP's train size over the dataset size), of which
   5% (int) is val, rest test.
 - spice-mini (mirrors SPICE's solvated amino acids): neutral glycine, alanine and serine, each
-  with 4 waters placed at random around it (then relaxed), 300 K (so the waters stay), 1 fs
-  steps. Split 80/10/10 over conformers as JMP's SPICE.
+  with 4 waters placed at random around it (then up to 50 BFGS steps), 300 K (so the waters
+  stay), 1 fs steps, every 3rd step. Split 80/10/10 over conformers as JMP's SPICE.
 """
 
 from __future__ import annotations
@@ -33,13 +33,15 @@ METHOD = "GFN2-xTB"
 RMD17_MOLECULES = ("aspirin", "ethanol", "benzene")
 SPICE_AMINO_ACIDS = ("glycine", "alanine", "serine")
 SPICE_WATERS = 4
+SPICE_RELAX_STEPS = 50
 
 # per dataset: temperature (K), time step (fs), stride (steps), burn-in (steps), friction (1/fs), trajectories
 MD = {
-    "rmd17": dict(temperature=500.0, timestep=0.5, stride=8, burnin=300, friction=0.01, trajectories=4),
-    "md22": dict(temperature=500.0, timestep=1.0, stride=5, burnin=150, friction=0.02, trajectories=4),
-    "spice": dict(temperature=300.0, timestep=1.0, stride=4, burnin=100, friction=0.02, trajectories=12),
+    "rmd17": dict(temperature=500.0, timestep=0.5, stride=4, burnin=200, friction=0.01, trajectories=4),
+    "md22": dict(temperature=500.0, timestep=1.0, stride=4, burnin=100, friction=0.02, trajectories=4),
+    "spice": dict(temperature=300.0, timestep=1.0, stride=3, burnin=100, friction=0.02, trajectories=12),
 }
+BURNIN_FRICTION = 0.1  # 1/fs
 MD22_TRAIN_FRACTION = 6000 / 85109  # JMP's Ac-Ala3-NHMe train size over the MD22 frames
 
 
@@ -70,7 +72,11 @@ def run_md(z, pos0, *, n_frames: int, seed_keys: tuple, temperature: float, time
     frames, temps = [], []
     try:
         if burnin:
+            # starting at a minimum, equipartition halves the temperature at once; a 10 fs coupling
+            # during burn-in brings it back within the burn-in, then the production friction applies
+            dyn.set_friction(max(friction, BURNIN_FRICTION) / units.fs)
             dyn.run(burnin)
+            dyn.set_friction(friction / units.fs)
         masses = atoms.get_masses()
         for _ in range(n_frames):
             dyn.run(stride)
@@ -99,7 +105,7 @@ def _md_task(payload) -> TaskResult:
                 z, pos = start
             else:  # spice: every trajectory has its own water arrangement, relaxed here
                 z, pos = _solvate(*build(name), rng_for(seed, dataset, traj, attempt, "waters"))
-                pos = relax(z, pos, fmax=0.05, steps=200)
+                pos = relax(z, pos, fmax=0.1, steps=SPICE_RELAX_STEPS)  # removes clashes; burn-in does the rest
             frames, temps = run_md(z, pos, n_frames=n_frames, seed_keys=(seed, dataset, traj, attempt), **params)
         except CalculationFailed as exc:
             res.skips.append((item, attempt, f"calculator: {exc}"))
