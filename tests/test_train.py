@@ -203,7 +203,8 @@ def _train_losses(out):
 
 def test_overfit_a_handful_of_structures(stores, tmp_path):
     cfg = _pre(stores, n_structures=4, batch_size=4, epochs=150, lr=3e-3, ema_decay=0.0, edge_dropout=0.0,
-               warmup_steps=0, min_lr_factor=1.0, val_size=2, weight_decay=0.0, checkpoint_every_n_steps=1000)
+               warmup_steps=0, min_lr_factor=1.0, val_size=2, weight_decay=0.0, checkpoint_every_n_steps=1000,
+               log_every_n_steps=1)
     run_pretrain(cfg, tmp_path / "o", model_factory=toy_model_factory)
     losses = _train_losses(tmp_path / "o")
     assert len(losses) == 150

@@ -51,6 +51,7 @@ class RuntimeConfig:
     checkpoint_every_n_steps: int = 500  # how often DIR/last.ckpt is refreshed inside an epoch
     val_every_n_steps: Optional[int] = None  # default: validate once per epoch
     progress_bar: Optional[bool] = None  # default: only when stderr is a TTY
+    log_every_n_steps: int = 10  # training-loss rows in DIR/logs/metrics.csv
     record_seen: bool = False  # write DIR/seen_rank{r}.json (structure ids per epoch) for audits
     # GemNet-OC scale factors are fitted on this many training batches when starting from random
     # weights (0: keep the defaults); null: 16 (JMP) for small/large, 4 for tiny (CPU cost)
@@ -253,6 +254,7 @@ def _check_runtime(c: RuntimeConfig, p: Path) -> None:
     _check(c.threads is None or c.threads >= 1, p, "threads", "must be >= 1")
     _check(c.checkpoint_every_n_steps >= 1, p, "checkpoint_every_n_steps", "must be >= 1")
     _check(c.val_every_n_steps is None or c.val_every_n_steps >= 1, p, "val_every_n_steps", "must be >= 1")
+    _check(c.log_every_n_steps >= 1, p, "log_every_n_steps", "must be >= 1")
     _check(c.scale_fit_batches is None or c.scale_fit_batches >= 0, p, "scale_fit_batches", "must be >= 0")
 
 

@@ -100,7 +100,7 @@ def run_finetune(cfg: FinetuneConfig, out: str | Path, pretrained: str | None, *
     from atomsift.train.linref import DatasetNorm, element_counts, fit_dataset_norm, fit_linear_reference
     from atomsift.train.module import FinetuneModule, Plateau
     from atomsift.train.pretrain import default_model_factory, fit_scales_if_available
-    from atomsift.train.runtime import make_trainer, set_threads, sha256_of, weights_digest, write_json
+    from atomsift.train.runtime import make_trainer, save_checkpoint_atomic, set_threads, sha256_of, weights_digest, write_json
 
     out = Path(out)
     metrics_path = out / "metrics.json"
@@ -208,13 +208,13 @@ def run_finetune(cfg: FinetuneConfig, out: str | Path, pretrained: str | None, *
         progress=progress, record_seen=cfg.record_seen)
     trainer = make_trainer(cfg, out, max_epochs=cfg.epochs, callbacks=list(callbacks or []), monitor="val/mae",
                            gradient_clip_val=cfg.grad_clip_value, gradient_clip_algorithm="value",
-                           find_unused_parameters=False, steps_per_epoch=spe)
+                           find_unused_parameters=True, steps_per_epoch=spe)
     setup_s = time.time() - t0  # data, references, model (before the module's clock starts)
     module._t0 = time.time()
     trainer.fit(module, ckpt_path=str(out / "last.ckpt") if resume else None)
     if trainer.interrupted:
         raise KeyboardInterrupt
-    trainer.save_checkpoint(out / "last.ckpt")  # every rank takes part (barrier under DDP)
+    save_checkpoint_atomic(trainer, out / "last.ckpt")  # every rank takes part (barrier under DDP)
     fit_time = time.time() - t0
 
     # -- test on the chosen weights

@@ -208,6 +208,11 @@ class AtomsModule(pl.LightningModule):
         if self.progress.get("epoch") != self.current_epoch:
             self.progress.update(epoch=self.current_epoch, batches=0)
 
+    def _should_log(self) -> bool:
+        # self.log costs ~1 ms; skip it on steps the logger would not write anyway
+        t = self._trainer
+        return t is None or t.log_every_n_steps <= 1 or (t.global_step + 1) % t.log_every_n_steps == 0 or t.progress_bar_callback is not None
+
     def _before_step(self) -> None:
         torch.manual_seed(step_seed(self.seed, self.global_step, self.global_rank))
 
@@ -312,9 +317,10 @@ class PretrainModule(AtomsModule):
         self._before_step()
         s = self.losses(self.model, batch, self.edge_dropout)
         self._count(batch)
-        self.log("train/loss", s["loss"].detach(), on_step=True, prog_bar=True, batch_size=int(batch.size))
-        self.log("train/loss_energy", s["loss_energy"], on_step=True, batch_size=int(batch.size))
-        self.log("train/loss_force", s["loss_force"], on_step=True, batch_size=int(batch.size))
+        if self._should_log():
+            self.log_dict({"train/loss": s["loss"].detach(), "train/loss_energy": s["loss_energy"],
+                           "train/loss_force": s["loss_force"]}, on_step=True, on_epoch=False, prog_bar=True,
+                          batch_size=int(batch.size))
         return s["loss"]
 
     def validation_step(self, batch: Batch, batch_idx: int):
@@ -473,7 +479,8 @@ class FinetuneModule(AtomsModule):
         self._before_step()
         s = self.losses(self.model, batch, self.edge_dropout, train=True)
         self._count(batch)
-        self.log("train/loss", s["loss"].detach(), on_step=True, prog_bar=True, batch_size=int(batch.size))
+        if self._should_log():
+            self.log("train/loss", s["loss"].detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=int(batch.size))
         return s["loss"]
 
     def validation_step(self, batch: Batch, batch_idx: int):

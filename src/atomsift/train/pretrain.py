@@ -57,7 +57,7 @@ def run_pretrain(cfg: PretrainConfig, out: str | Path, *, config_path: str | Pat
     from atomsift.train import data as D
     from atomsift.train.linref import fit_dataset_norm, save_norms
     from atomsift.train.module import PretrainModule
-    from atomsift.train.runtime import make_trainer, set_threads, weights_digest, write_json
+    from atomsift.train.runtime import make_trainer, save_checkpoint_atomic, set_threads, weights_digest, write_json
 
     out = Path(out)
     metrics_path = out / "metrics.json"
@@ -123,7 +123,7 @@ def run_pretrain(cfg: PretrainConfig, out: str | Path, *, config_path: str | Pat
         raise KeyboardInterrupt
     seen = {nm: int(module.seen[i]) for i, nm in enumerate(names)}
     expected = {nm: pdata.counts[nm] * cfg.epochs for nm in names}
-    trainer.save_checkpoint(out / "last.ckpt")  # every rank takes part (barrier under DDP)
+    save_checkpoint_atomic(trainer, out / "last.ckpt")  # every rank takes part (barrier under DDP)
     if seen != expected:
         raise BudgetError(f"budget mismatch: structures seen {seen} != planned {expected} (N x E)")
     if rank != 0:

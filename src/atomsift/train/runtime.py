@@ -28,6 +28,15 @@ def accelerator_name(cfg) -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
+def save_checkpoint_atomic(trainer, path: Path) -> None:
+    """``trainer.save_checkpoint`` to a temporary name, then rename (all ranks call it; rank 0 writes)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    trainer.save_checkpoint(tmp)
+    if trainer.is_global_zero:
+        os.replace(tmp, path)
+
+
 def _resume_checkpoint_class():
     import lightning.pytorch as pl
 
@@ -41,10 +50,7 @@ def _resume_checkpoint_class():
             self.every = int(every)
 
         def _save(self, trainer) -> None:
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            trainer.save_checkpoint(tmp)  # all ranks take part; rank 0 writes
-            if trainer.is_global_zero:
-                os.replace(tmp, self.path)
+            save_checkpoint_atomic(trainer, self.path)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             last_of_epoch = batch_idx + 1 >= trainer.num_training_batches
@@ -101,7 +107,7 @@ def make_trainer(cfg, out: Path, *, max_epochs: int, callbacks: list, monitor: s
         # Lightning rejects an interval longer than the epoch: cap it (validation at epoch end anyway)
         val_check_interval=(min(cfg.val_every_n_steps, steps_per_epoch) if cfg.val_every_n_steps and steps_per_epoch
                             else cfg.val_every_n_steps),
-        log_every_n_steps=1,
+        log_every_n_steps=cfg.log_every_n_steps,
         default_root_dir=str(out),
         deterministic=False,
         benchmark=False,
