@@ -374,3 +374,15 @@ def test_finetune_layerwise_lr_groups_end_on_one_floor(stores, tmp_path):
     for s, lr in grabbed["end"]:
         assert lr == pytest.approx(1e-4)  # every group anneals to 0.1 x lr after the cosine phase
     assert [r["lr"] for r in m["val_curve"]][-1] == pytest.approx(1e-4)
+
+
+def test_resume_refuses_a_different_run_file(stores, tmp_path):
+    cfg = _pre(stores, checkpoint_every_n_steps=1)
+    with pytest.raises(_Killed):
+        run_pretrain(cfg, tmp_path / "k", model_factory=toy_model_factory, callbacks=[_KillAt(2)])
+    assert json.loads((tmp_path / "k" / "run.json").read_text())["lr"] == 1e-3
+    with pytest.raises(InputError, match=r"field 'lr': .* holds a run started with lr=0.001; delete"):
+        run_pretrain(_pre(stores, checkpoint_every_n_steps=1, lr=2e-3), tmp_path / "k", model_factory=toy_model_factory)
+    # settings that do not change the result may differ
+    m = run_pretrain(_pre(stores, checkpoint_every_n_steps=1, log_every_n_steps=3), tmp_path / "k", model_factory=toy_model_factory)
+    assert m["structures_seen"] == {"a": 24}

@@ -100,7 +100,7 @@ def run_finetune(cfg: FinetuneConfig, out: str | Path, pretrained: str | None, *
     from atomsift.train.linref import DatasetNorm, element_counts, fit_dataset_norm, fit_linear_reference
     from atomsift.train.module import FinetuneModule, Plateau
     from atomsift.train.pretrain import default_model_factory, fit_scales_if_available
-    from atomsift.train.runtime import make_trainer, save_checkpoint_atomic, set_threads, sha256_of, weights_digest, write_json
+    from atomsift.train.runtime import check_run_file, make_trainer, save_checkpoint_atomic, set_threads, sha256_of, weights_digest, write_json
 
     out = Path(out)
     metrics_path = out / "metrics.json"
@@ -130,6 +130,7 @@ def run_finetune(cfg: FinetuneConfig, out: str | Path, pretrained: str | None, *
             raise InputError(f"store has no target '{target}' (has: {', '.join(store.target_names) or 'none'})",
                              path=config_path or store.path, field="target")
     splits = _split_indices(store, cfg, config_path)
+    check_run_file(cfg, out, config_path)
     ds = {k: D.MixedDataset([D.Part(cfg.task, store, v)]) for k, v in splits.items()}
     collate = D.Collate([store.dataset], 1)
     graph = graph_settings(store.dataset)

@@ -57,7 +57,7 @@ def run_pretrain(cfg: PretrainConfig, out: str | Path, *, config_path: str | Pat
     from atomsift.train import data as D
     from atomsift.train.linref import fit_dataset_norm, save_norms
     from atomsift.train.module import PretrainModule
-    from atomsift.train.runtime import make_trainer, save_checkpoint_atomic, set_threads, weights_digest, write_json
+    from atomsift.train.runtime import check_run_file, make_trainer, save_checkpoint_atomic, set_threads, weights_digest, write_json
 
     out = Path(out)
     metrics_path = out / "metrics.json"
@@ -68,7 +68,7 @@ def run_pretrain(cfg: PretrainConfig, out: str | Path, *, config_path: str | Pat
     set_threads(cfg.threads)
     t0 = time.time()
     pdata = D.build_pretrain_data(cfg, config_path)
-    out.mkdir(parents=True, exist_ok=True)
+    check_run_file(cfg, out, config_path)
     names = pdata.names
     parts = pdata.train.parts
     norms = {p.name: fit_dataset_norm(p.store, p.indices) for p in parts}

@@ -63,6 +63,30 @@ def _resume_checkpoint_class():
     return ResumeCheckpoint
 
 
+def check_run_file(cfg, out: Path, config_path=None, runtime_keys=("accelerator", "num_workers",
+                   "threads", "progress_bar", "log_every_n_steps", "checkpoint_every_n_steps")) -> None:
+    """Record the run file as DIR/run.json; refuse to resume a DIR written by a different one.
+
+    Keys that do not change the result (threads, workers, progress bar, logging) may differ."""
+    import dataclasses
+
+    from atomsift.errors import InputError
+    from atomsift.train.config import to_dict
+
+    now = to_dict(cfg)
+    if cfg.precision == "16-mixed" and accelerator_name(cfg) == "cpu":
+        raise InputError("16-mixed needs a GPU; use 32-true or bf16-mixed on CPU", path=config_path, field="precision")
+    path = out / "run.json"
+    if path.exists() and (out / "last.ckpt").exists():
+        before = json.loads(path.read_text())
+        for k in sorted(set(now) | set(before)):
+            if k not in runtime_keys and now.get(k) != before.get(k):
+                raise InputError(f"{out} holds a run started with {k}={before.get(k)!r}; delete {out} to start over "
+                                 f"or restore the run file", path=config_path, field=k)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(path, now)
+
+
 def make_trainer(cfg, out: Path, *, max_epochs: int, callbacks: list, monitor: str, gradient_clip_val: float,
                  gradient_clip_algorithm: str, find_unused_parameters: bool, steps_per_epoch: int | None = None):
     """A Lightning Trainer for one run writing into ``out`` (checkpoints, CSV logs)."""
@@ -73,10 +97,7 @@ def make_trainer(cfg, out: Path, *, max_epochs: int, callbacks: list, monitor: s
 
     ResumeCheckpoint = _resume_checkpoint_class()
     accel = accelerator_name(cfg)
-    if accel == "cpu" and cfg.precision == "16-mixed":
-        from atomsift.errors import InputError
 
-        raise InputError("16-mixed needs a GPU; use 32-true or bf16-mixed on CPU", field="precision")
     world = cfg.devices * cfg.num_nodes
     slurm_multi = int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in os.environ
     if world > 1 or slurm_multi:
