@@ -144,8 +144,9 @@ def _verdict_section(verdicts: list[dict]) -> list[str]:
     mismatched = [v for v in verdicts if v["csi_order"] != v["mae_order"]]
     if mismatched:
         lines.append("")
-        lines.append("Where the orders differ, CSI measured feature overlap but not the label regime (the paper says the "
-                     "same of MatBench): " + "; ".join(
+        lines.append("Where the orders differ, CSI (a distance between feature distributions, blind to the labels' "
+                     "regime; the paper's MatBench case) and the finetuned MAE disagree, or the MAE differences are within "
+                     "seed noise (see the paired wins below): " + "; ".join(
                          f"{v['label']}: CSI {' < '.join(_label(u) for u in v['csi_order'])}, "
                          f"MAE {' < '.join(_label(u) for u in v['mae_order'])}" for v in mismatched) + ".")
     lines.append("")
