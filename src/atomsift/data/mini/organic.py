@@ -24,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 
 from atomsift.data.mini.common import (
-    MAX_ATTEMPTS, REJECT_DISTANCE, CalculationFailed, Sample, TaskResult, collect, fail_after, fraction_split,
-    group_split, hill, label, min_distance, rng_for, write_store, xtb_calculator, xtb_parameters,
+    MAX_ATTEMPTS, REJECT_DISTANCE, CalculationFailed, Sample, TaskResult, collect, fail_after, group_split,
+    hill, label, min_distance, rng_for, write_store, xtb_calculator, xtb_parameters,
 )
 
 VERSION = "1"
