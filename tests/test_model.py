@@ -236,6 +236,7 @@ def test_small_default_scale_factors_are_jmp_values():
     from atomsift.models.scaling import DEFAULT_SCALES
 
     assert len(DEFAULT_SCALES["small"]) == 54 and len(DEFAULT_SCALES["large"]) == 80
+    assert len(DEFAULT_SCALES["tiny"]) == 11 * 2 + 2 * 3
     assert DEFAULT_SCALES["small"]["int_blocks.0.quad_interaction.scale_cbf"] == 30.6798
     assert DEFAULT_SCALES["large"]["out_blocks.6.scale_rbf_F"] == 8.3453
 
