@@ -198,8 +198,10 @@ def dihedral_features(V_m: Tensor, V_q: Tensor, g: GraphSet, L: int) -> dict:
     return {
         "cs_d": cs_d,
         "deg_d": deg_d,
-        "cs_t": cs_t.permute(0, 2, 1, 3).reshape(N * Kq, Kc, 2 * L - 1),  # (a, b) batches
-        "deg_t": deg_t.permute(0, 2, 1).to(V_m.dtype),  # (N, Kq, Kc)
+        # (a, b) batches; columns: the 2L-1 azimuth features, 1 (degenerate d), deg_t (degenerate c)
+        "cs_t": torch.cat([cs_t, torch.ones_like(cs_t[..., :1]), deg_t[..., None].to(cs_t.dtype)], dim=-1)
+        .permute(0, 2, 1, 3)
+        .reshape(N * Kq, Kc, 2 * L + 1),
         "M": M,
         "y0": y0,
         "Yex": Yex,
@@ -220,14 +222,13 @@ def dihedral_sum(dh: dict, x_tin: Tensor) -> Tensor:
     C = x_tin.shape[-1]
     AB = torch.bmm(dh["cs_d"].transpose(1, 2), x_tin)  # (n_q, 2L-1, C): sums over d per qint edge
     D = torch.bmm(dh["deg_d"][:, None, :], x_tin)[:, 0]  # degenerate d: theta = pi/2
-    # G[e, k, l, x] = M[l, k] AB[e, k, x]
+    # G[e, k, l, x] = M[l, k] AB[e, k, x]; two more rows carry the degenerate terms (theta = pi/2:
+    # y0[l] D[e, x] for degenerate d, y0[l] A_0[e, x] for degenerate c), so one bmm does all
     G = dh["M"].t()[None, :, :, None] * AB[:, :, None, :]
+    y0 = dh["y0"][None, None, :, None]
+    G = torch.cat([G, y0 * D[:, None, None, :], y0 * AB[:, None, None, 0]], dim=1)  # (n_q, 2L+1, L, C)
     Gp = _pad(G.reshape(G.shape[0], -1, L * C), dh["qint_index"]).view(N * Kq, -1, L * C)
     z = torch.bmm(dh["cs_t"], Gp).view(N, Kq, Kc, L, C)
-    ABp = _pad(AB[:, 0], dh["qint_index"])  # (N, Kq, C)
-    Dp = _pad(D, dh["qint_index"])
-    rest = Dp[:, :, None] + dh["deg_t"][..., None] * ABp[:, :, None]  # degenerate c: theta = pi/2
-    z = z + dh["y0"][:, None] * rest[:, :, :, None, :]
     xs = _pad(x_tin.reshape(-1, C), dh["istar"])  # (N, Kq, Kc, C): x of the excluded d == c
     return z - dh["Yex"][..., None] * xs[..., None, :]
 
