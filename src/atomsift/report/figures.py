@@ -102,7 +102,7 @@ def _paired_bars(tasks: list[dict], left: str, right: str, left_label: str, righ
     import matplotlib.pyplot as plt
 
     n = len(tasks)
-    fig, axes = plt.subplots(1, n, figsize=(2.6 * n + 0.6, 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(max(2.6 * n + 0.6, 6.0), 3.8), squeeze=False)
     for ax, t in zip(axes[0], tasks):
         means = [t[left][0], t[right][0]]
         sds = [t[left][1], t[right][1]]
@@ -127,11 +127,11 @@ def fig1(spec: dict, out: str | Path) -> dict:
     d = fig1_data(spec)
     base_label = UPSTREAM_LABELS.get(spec["baseline"]["upstream"], spec["baseline"]["upstream"])
     ratio = d["compute_ratio"]
-    title = (f"Fig. 1: lowest-CSI upstream ({spec['budget']}) vs {base_label} ({spec['baseline']['budget']}); "
-             f"baseline compute = {ratio:g}x ours")
+    title = (f"Fig. 1: lowest-CSI upstream (N x E = {spec['budget']}) vs {base_label} ({spec['baseline']['budget']})\n"
+             f"the baseline used {ratio:g}x our compute")
     _paired_bars(d["tasks"], "baseline", "ours", base_label,
                  lambda t: UPSTREAM_LABELS.get(t["best"], t["best"]),
-                 lambda t: f"{t['improvement_pct']:+.0f}% vs baseline" if math.isfinite(t["improvement_pct"]) else "",
+                 lambda t: f"MAE {-t['improvement_pct']:+.0f}% vs baseline" if math.isfinite(t["improvement_pct"]) else "",
                  title, out)
     return d
 
@@ -140,7 +140,7 @@ def fig4(spec: dict, out: str | Path) -> dict:
     d = fig4_data(spec)
     base = spec["base"]["upstream"]
     added = spec["added"]["upstream"]
-    title = (f"Fig. 4: {UPSTREAM_LABELS.get(base, base)} ({spec['base']['budget']}) vs "
+    title = (f"Fig. 4: {UPSTREAM_LABELS.get(base, base)} ({spec['base']['budget']}) vs\n"
              f"{UPSTREAM_LABELS.get(added, added)} ({spec['added']['budget']})")
     _paired_bars(d["tasks"], "base", "added", UPSTREAM_LABELS.get(base, base),
                  lambda t: UPSTREAM_LABELS.get(added, added),
