@@ -89,6 +89,10 @@ def _run(name: str, args, q) -> None:
     from atomsift.models.heads import HeadSpec
 
     settings = graph_settings("qm9")
+    if args.cutoff:
+        from dataclasses import replace
+
+        settings = replace(settings, cutoff=args.cutoff)
     direct = name.endswith("-direct")
     size = name.split("-")[0]
 
@@ -103,7 +107,7 @@ def _run(name: str, args, q) -> None:
         h = args.dimenet_hidden
         model = DimeNetPlusPlus(
             hidden_channels=h, out_channels=1, num_blocks=4, int_emb_size=h // 2, basis_emb_size=8, out_emb_channels=2 * h,
-            num_spherical=7, num_radial=6, cutoff=args.cutoff or settings.cutoff, max_num_neighbors=settings.max_neighbors,
+            num_spherical=7, num_radial=6, cutoff=settings.cutoff, max_num_neighbors=settings.max_neighbors,
         ).to(dev)
 
         def step(b):
@@ -186,7 +190,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dimenet-hidden", type=int, default=64, help="DimeNet++ width (tiny GemNet-OC: 64)")
-    ap.add_argument("--cutoff", type=float, default=None, help="DimeNet++ cutoff (default: the QM9 graph of GemNet-OC, 8 A)")
+    ap.add_argument("--cutoff", type=float, default=None, help="graph cutoff of every model (default: JMP's QM9 graph, 8 A, k=30)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
