@@ -427,3 +427,43 @@ def test_corrupted_jmp_checkpoint_names_the_keys(tmp_path):
     torch.save({"state_dict": {"backbone.x": torch.zeros(1), "foo.bar": torch.zeros(1)}, "hyper_parameters": {"backbone": cfg.to_dict()}}, p3)
     with pytest.raises(InputError, match="foo.bar"):
         load_checkpoint(p3, ema=False)
+
+
+def test_jmp_checkpoint_with_pickled_config_classes_of_a_missing_package(tmp_path):
+    """JMP pickles its config classes (package ``jmp``): they load as stand-ins without it."""
+    import sys
+    import types
+
+    cfg = backbone_config("tiny", True)
+    p = tmp_path / "jmp-pickled.pt"
+    sd = _synthetic_jmp(p, cfg)
+    obj = torch.load(p, weights_only=True)
+    mod = types.ModuleType("fakejmp_cfg")
+
+    class BackboneConfig:  # a plain class standing for jmp's pydantic config
+        pass
+
+    class TaskConfig:
+        pass
+
+    BackboneConfig.__module__ = TaskConfig.__module__ = "fakejmp_cfg"
+    BackboneConfig.__qualname__, TaskConfig.__qualname__ = "BackboneConfig", "TaskConfig"
+    mod.BackboneConfig, mod.TaskConfig = BackboneConfig, TaskConfig
+    sys.modules["fakejmp_cfg"] = mod
+    try:
+        bb = BackboneConfig()
+        bb.__dict__.update(cfg.to_dict())
+        tasks = []
+        for n in ("a", "b", "c", "d"):
+            t = TaskConfig()
+            t.name = n
+            tasks.append(t)
+        obj["hyper_parameters"] = {"backbone": bb, "tasks": tasks}
+        torch.save(obj, p)
+    finally:
+        del sys.modules["fakejmp_cfg"]
+    with pytest.raises(Exception):
+        torch.load(p, weights_only=False)  # the package is gone
+    model, meta = load_checkpoint(p, ema=False)
+    assert meta["tasks"] == ["a", "b", "c", "d"]
+    torch.testing.assert_close(model.state_dict()["heads.c.force_mlp.0.weight"], sd["output.out_forces.2.0.weight"])

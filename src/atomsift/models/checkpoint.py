@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import re
 import tempfile
+import types
 from pathlib import Path
 
 import torch
@@ -58,14 +60,56 @@ def save_checkpoint(path, model: GemNetModel, meta: dict | None = None) -> Path:
     return path
 
 
+class _Stub:
+    """Stand-in for a class pickled in a checkpoint whose package (e.g. ``jmp``) is not installed:
+    keeps the pickled state as attributes."""
+
+    def __init__(self, *args, **kwargs):
+        self.__dict__["_args"] = args
+        self.__dict__.update(kwargs)
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], dict):
+            state = {**state[0], **(state[1] or {})}
+        if isinstance(state, dict):
+            self.__dict__.update(state)
+        else:
+            self.__dict__["_state"] = state
+
+
+class _StubUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError):
+            return type(name, (_Stub,), {"__module__": module})
+
+
+_stub_pickle = types.SimpleNamespace(Unpickler=_StubUnpickler, load=lambda f, **kw: _StubUnpickler(f, **kw).load(), __name__="pickle")
+
+
 def _read(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc_safe:  # JMP's Lightning files pickle their hyper-parameters
+    except Exception as exc_safe:
+        # JMP's Lightning files pickle their hyper-parameters (jmp config classes): unpickle with
+        # stand-ins for classes whose package is not installed
         try:
-            return torch.load(path, map_location="cpu", weights_only=False)
+            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_stub_pickle)
         except Exception as exc:
             raise InputError(f"not a readable torch checkpoint ({type(exc).__name__}: {exc})", path=path) from exc_safe
+
+
+def _fields(obj) -> dict:
+    """A mapping view of a config that may be a dict, an object or an unpickled stand-in
+    (pydantic keeps its fields under ``__dict__`` in the pickled state)."""
+    if isinstance(obj, dict):
+        return obj
+    d = getattr(obj, "__dict__", None)
+    if not isinstance(d, dict):
+        return {}
+    inner = d.get("__dict__")
+    return inner if isinstance(inner, dict) else d
 
 
 def load_checkpoint(path, ema: bool = True) -> tuple[GemNetModel, dict]:
@@ -138,8 +182,8 @@ def _is_ignored_for_ema(key: str) -> bool:
 
 def _jmp_config(obj: dict, sd: dict) -> BackboneConfig:
     direct = any(k.startswith("backbone.out_mlp_F.") for k in sd)
-    hp = (obj.get("hyper_parameters") or {}) if isinstance(obj.get("hyper_parameters"), dict) else {}
-    bb = hp.get("backbone") if isinstance(hp.get("backbone"), dict) else None
+    hp = _fields(obj.get("hyper_parameters"))
+    bb = _fields(hp.get("backbone")) or None
     fields = set(BackboneConfig.__dataclass_fields__)
     if bb:
         vals = {k: v for k, v in bb.items() if k in fields and k != "direct_forces"}
@@ -158,12 +202,12 @@ def _jmp_config(obj: dict, sd: dict) -> BackboneConfig:
 
 
 def _jmp_task_names(obj: dict, n: int) -> list[str]:
-    hp = obj.get("hyper_parameters") if isinstance(obj.get("hyper_parameters"), dict) else {}
-    tasks = hp.get("tasks") if hp else None
+    hp = _fields(obj.get("hyper_parameters"))
+    tasks = hp.get("tasks")
     names = []
     if isinstance(tasks, (list, tuple)):
         for t in tasks:
-            name = t.get("name") if isinstance(t, dict) else getattr(t, "name", None)
+            name = _fields(t).get("name")
             if isinstance(name, str):
                 names.append(name)
     if len(names) == n:
