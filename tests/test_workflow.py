@@ -6,6 +6,7 @@ configs, so results/ of the checkout is never touched.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import resource
@@ -313,22 +314,40 @@ def _verbs_available() -> bool:
     return all(v in choices for v in ("generate", "pretrain", "finetune", "moments", "csi-table", "csi-figure"))
 
 
+def small_real_grid() -> dict:
+    """ci.yaml cut to one pretrained cell, its baseline and the CSI of two upstreams (~2 CPU-min)."""
+    config = load(ROOT / "workflow/configs/ci.yaml")
+    config["datasets"] = {d: config["datasets"][d] for d in ("ani1x", "oc20", "rmd17")}
+    config["upstreams"] = {u: config["upstreams"][u] for u in ("ani1x", "oc20")}
+    config["tasks"] = {"rmd17": config["tasks"]["rmd17"]}
+    config["csi"]["extractors"] = {"random-tiny-0": {"spec": "random-tiny-0"}}
+    config["csi"].pop("coverage_n")
+    config["tables"] = {"table1": {"upstreams": ["ani1x"], "budgets": ["40x1"], "backbones": ["tiny"],
+                                   "tasks": ["rmd17"], "baseline": True}}
+    config["csi_figures"] = {"fig3": config["csi_figures"]["fig3"]}
+    config.pop("fig1")
+    return config
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 @pytest.mark.skipif(not _verbs_available(), reason="the training / data verbs are not installed")
 def test_local_end_to_end_run_makes_a_table_and_a_figure(tmp_path):
-    wd = workdir(tmp_path)
+    wd = workdir(tmp_path, small_real_grid())
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    res = snakemake(wd, "results/table1.csv", "results/figures/fig3.png", "--cores", "2",
-                    "--configfile", "workflow/configs/ci.yaml", env=env, timeout=590)
+    res = snakemake(wd, "results/table1.csv", "results/figures/fig3.png", "--cores", "2", env=env, timeout=880)
     logs = sorted((wd / "results/logs").rglob("*.log")) if (wd / "results/logs").exists() else []
     assert res.returncode == 0, (res.stderr[-3000:], [(str(p), p.read_text()[-1500:]) for p in logs if "Error" in p.read_text()])
     lines = (wd / "results/table1.csv").read_text().splitlines()
-    assert [ln.split(",")[4] for ln in lines[1:]] == ["ani1x", "oc20", "mixed-balanced", "none"]
-    values = [float(v) for ln in lines[1:] for v in ln.split(",")[6:]]
-    assert all(v > 0 for v in values)
+    assert lines[0] == "budget,N,E,C,upstream,backbone,rmd17"
+    assert [ln.split(",")[4] for ln in lines[1:]] == ["ani1x", "none"]
+    assert all(float(ln.split(",")[6]) > 0 for ln in lines[1:])
+    assert "| N=40, E=1 (C=40) | ANI-1x | tiny |" in (wd / "results/table1.md").read_text()
     assert (wd / "results/figures/fig3.png").read_bytes()[:4] == b"\x89PNG"
+    # the finetuning run really started from the pretrained checkpoint
+    metrics = json.loads((wd / "results/finetune/rmd17/ani1x/40x1/tiny/s0/metrics.json").read_text())
+    assert metrics["pretrained"].endswith("results/pretrain/ani1x/40x1/tiny/model.pt")
 
 
 def test_lint_is_clean(tmp_path):
