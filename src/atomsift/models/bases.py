@@ -220,6 +220,17 @@ def dihedral_sum(dh: dict, x_tin: Tensor) -> Tensor:
     N, Kc, Kq = dh["shape"]
     L = dh["y0"].shape[0]
     C = x_tin.shape[-1]
+    z = torch.bmm(dh["cs_t"], _dihedral_G(dh, x_tin)).view(N, Kq, Kc, L, C)
+    xs = _pad(x_tin.reshape(-1, C), dh["istar"])  # (N, Kq, Kc, C): x of the excluded d == c
+    return z - dh["Yex"][..., None] * xs[..., None, :]
+
+
+def _dihedral_G(dh: dict, x_tin: Tensor) -> Tensor:
+    """(N * Kq, 2L+1, L * C): the d-side sums of every (atom a, qint slot b), laid out for the
+    contraction with the c-side features ``cs_t``."""
+    N, Kc, Kq = dh["shape"]
+    L = dh["y0"].shape[0]
+    C = x_tin.shape[-1]
     AB = torch.bmm(dh["cs_d"].transpose(1, 2), x_tin)  # (n_q, 2L-1, C): sums over d per qint edge
     D = torch.bmm(dh["deg_d"][:, None, :], x_tin)[:, 0]  # degenerate d: theta = pi/2
     # G[e, k, l, x] = M[l, k] AB[e, k, x]; two more rows carry the degenerate terms (theta = pi/2:
@@ -227,10 +238,41 @@ def dihedral_sum(dh: dict, x_tin: Tensor) -> Tensor:
     G = dh["M"].t()[None, :, :, None] * AB[:, :, None, :]
     y0 = dh["y0"][None, None, :, None]
     G = torch.cat([G, y0 * D[:, None, None, :], y0 * AB[:, None, None, 0]], dim=1)  # (n_q, 2L+1, L, C)
-    Gp = _pad(G.reshape(G.shape[0], -1, L * C), dh["qint_index"]).view(N * Kq, -1, L * C)
-    z = torch.bmm(dh["cs_t"], Gp).view(N, Kq, Kc, L, C)
-    xs = _pad(x_tin.reshape(-1, C), dh["istar"])  # (N, Kq, Kc, C): x of the excluded d == c
-    return z - dh["Yex"][..., None] * xs[..., None, :]
+    return _pad(G.reshape(G.shape[0], -1, L * C), dh["qint_index"]).view(N * Kq, -1, L * C)
+
+
+def quadruplet_operators(dh: dict, Y_phi: Tensor, R: Tensor, out_t: Tensor, out_slot: Tensor) -> dict:
+    """Geometry-only operators of the quadruplet message, built once per forward and shared by
+    every block (so the per-block work never forms the (edge, l_phi, l_theta, C) sum).
+
+    The message of out edge e = c->a is y[e, i, :] = sum_{l, l'} R[e, i, l * L + l'] sx[e, l, l', :]
+    with sx[e, l, l'] = sum_b Y_l(phi_cab) z[a, b, c, l'] (:func:`dihedral_sum`). Contracting R with
+    Y_l(phi) first gives ``Q`` (E, I, Kq * L), Q[e, i, (b, l')] = sum_l R[e, i, l L + l'] Y_l(phi_cab),
+    so y = Q @ z[a, :, c]. The excluded d == c terms of z (Yex (x) x) contract to
+    ``Qx`` (E, I, Kq) = sum_l' Q[e, i, b, l'] Yex[a, b, c, l'] times the gathered x (``istar``).
+    """
+    N, Kc, Kq = dh["shape"]
+    L = dh["y0"].shape[0]
+    E, I = R.shape[0], R.shape[1]
+    Yp = Y_phi.view(N, Kc, L, Kq)[out_t, out_slot]  # (E, L, Kq)
+    Rt = R.view(E, I, L, L).transpose(2, 3).reshape(E, I * L, L)  # rows (i, l'), columns l
+    Q = torch.bmm(Rt, Yp).view(E, I, L, Kq).transpose(2, 3)  # (E, I, Kq, L)
+    Yex = dh["Yex"].permute(0, 2, 1, 3)[out_t, out_slot]  # (E, Kq, L)
+    Qx = (Q * Yex[:, None]).sum(-1)  # (E, I, Kq)
+    return {"Q": Q.reshape(E, I, Kq * L), "Qx": Qx, "istar": dh["istar"].permute(0, 2, 1)[out_t, out_slot]}
+
+
+def quadruplet_message(dh: dict, ops: dict, x_tin: Tensor, out_t: Tensor, out_slot: Tensor) -> Tensor:
+    """(E, I, C): sum_{l, l'} R[e, i, (l, l')] sum over quadruplets d->b->a<-c of Y_l(phi_cab)
+    Y_l'(theta_cabd) x_d for every main edge e = c->a; equal to ``R @ sx`` with sx from
+    :func:`dihedral_sum` (see :func:`quadruplet_operators`)."""
+    N, Kc, Kq = dh["shape"]
+    L = dh["y0"].shape[0]
+    C = x_tin.shape[-1]
+    z = torch.bmm(dh["cs_t"], _dihedral_G(dh, x_tin)).view(N, Kq, Kc, L * C)  # without exclusion
+    zE = z.permute(0, 2, 1, 3)[out_t, out_slot].view(-1, Kq * L, C)  # (E, (b, l'), C)
+    xs = _pad(x_tin.reshape(-1, C), ops["istar"])  # (E, Kq, C): x of the excluded d == c
+    return torch.bmm(ops["Q"], zE) - torch.bmm(ops["Qx"], xs)
 
 
 def dihedral_sum_bruteforce(V_m: Tensor, V_q: Tensor, main, qint, x_tin: Tensor, n_atoms: int, L: int) -> Tensor:
@@ -330,6 +372,7 @@ class Bases(nn.Module):
         dihedral = dihedral_features(V_m, V_q, g, L)
         Y_phi = pair_block(V_m, V_q, g.main_pad, g.qint_pad, g.main, g.qint, L)  # (N, Kc*L, Kq)
         # qint cbf has no aggregation: per triplet_in vector sum_l R[qint edge][:, l] Y_l
+        r_sbf = self.mlp_sbf_qint(rbf_m)  # (n_main, emb_sbf, L * L)
         r_qint = self.mlp_cbf_qint(rbf_q)  # (n_qint, emb_cbf, L)
         cbf_qint_vec = torch.bmm(cbf_qint, r_qint.transpose(1, 2))  # (n_qint, Km, emb_cbf)
 
@@ -346,11 +389,12 @@ class Bases(nn.Module):
                 "cbf": cbf_qint_vec,
                 "in_index": q.in_index,
                 "in_mask": q.in_mask,
-                "R": self.mlp_sbf_qint(rbf_m),
+                "R": r_sbf,
                 "Y_phi": Y_phi,
                 "out_t": g.main.edge_index[1],
                 "out_slot": g.main_pad.slot,
                 "dihedral": dihedral,
+                "ops": quadruplet_operators(dihedral, Y_phi, r_sbf, g.main.edge_index[1], g.main_pad.slot),
             },
             "aeint": {"rad": self.mlp_rbf_aeint(rbf_ae), "R": self.mlp_cbf_aeint(rbf_m), "Y": Y_a2e, "in_index": ap.index, "out_t": t_m, "out_slot": mp.slot},
             "eaint": {"rad": self.mlp_rbf_eaint(rbf_m), "R_pad": R_e2a, "Y": Y_e2a, "in_index": mp.index},

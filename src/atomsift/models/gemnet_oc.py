@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from atomsift.data.graphs import GraphSet
-from atomsift.models.bases import Bases, EdgeEmbedding, dihedral_sum
+from atomsift.models.bases import Bases, EdgeEmbedding, quadruplet_message
 from atomsift.models.layers import Dense, ResidualLayer, ScaleFactor, segment_sum
 
 INV_SQRT2 = 1.0 / math.sqrt(2.0)
@@ -207,15 +207,10 @@ class QuadrupletInteraction(nn.Module):
         x = x * basis["in_mask"][..., None].to(x.dtype)
         x2 = x * self.mlp_cbf(basis["cbf"])
         x = self.scale_cbf(x2.reshape(-1, x2.shape[-1]), ref=x.reshape(-1, x.shape[-1])).view(x2.shape)
-        # z[a, b, c] = sum over d of Y_l'(theta_cabd) x_d (bases.dihedral_sum), then
-        # sx[c->a] = sum over b of Y_l(phi_cab) (x) z[a, b, c]: one bmm per (a, c)
-        z = dihedral_sum(basis["dihedral"], x)
-        N, Kq, Kc, L, C = z.shape
-        Yp = basis["Y_phi"].view(N * Kc, L, Kq)
-        z = z.permute(0, 2, 1, 3, 4).reshape(N * Kc, Kq, L * C)
-        sx = torch.bmm(Yp, z).view(N, Kc, L * L, C)
-        sx = sx[basis["out_t"], basis["out_slot"]]  # (n_main, 49, C), index l_phi * L + l_theta
-        y = self.mlp_sbf.project(basis["R"], sx)
+        # z[a, b, c] = sum over d of Y_l'(theta_cabd) x_d, contracted with R_e . Y_l(phi_cab)
+        # (the shared operator Q) per out edge e = c->a (bases.quadruplet_message)
+        y = quadruplet_message(basis["dihedral"], basis["ops"], x, basis["out_t"], basis["out_slot"])
+        y = self.mlp_sbf.bilinear(y.reshape(y.shape[0], -1))
         y = self.scale_sbf_sum(y, ref=x.reshape(-1, x.shape[-1]))
         return (self.up_projection_ca(y) + self.up_projection_ac(y)[id_swap]) * INV_SQRT2
 
