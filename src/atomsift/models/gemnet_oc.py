@@ -9,6 +9,8 @@ over the triplets / quadruplets of o (index_add), never a zero-padded (Kmax) ten
 use the outer-product structure of the legendre_outer basis: sum_q Y_l(phi) Y_l'(theta_q) x_q is
 summed first over the quadruplets of each (c, a, b) triplet with Y_l'(theta) (7 values), then
 times Y_l(phi) (7 values) per triplet; this is exactly the 49-function sum, 7x cheaper per quadruplet.
+R_o (emb_sbf x 49) is contracted with Y_l(phi) once per forward (bases.quadruplet_operators), so a
+block never forms the (edge, 49, C) sum: one (emb_sbf, Kq*7) x (Kq*7, C) product per edge.
 """
 
 from __future__ import annotations
