@@ -99,7 +99,15 @@ class EdgeEmbedding(nn.Module):
         self.dense = Dense(2 * atom_features + edge_features, out_features, activation=True)
 
     def forward(self, h: Tensor, e: Tensor, idx_s: Tensor, idx_t: Tensor) -> Tensor:
-        return self.dense(torch.cat([h[idx_s], h[idx_t], e], dim=-1))
+        # W [h_s || h_t || e] = (W_s h)[s] + (W_t h)[t] + W_e e: the atom parts are projected per
+        # atom, then gathered, instead of forming the (edges, 2A + E) concatenation
+        lin = self.dense.linear
+        A = h.shape[1]
+        W = lin.weight
+        y = torch.nn.functional.linear(e, W[:, 2 * A :], lin.bias)
+        hs = h @ W[:, :A].t()
+        ht = h @ W[:, A : 2 * A].t()
+        return self.dense.act(y + hs[idx_s] + ht[idx_t])
 
 
 def _cos(u: Tensor, v: Tensor) -> Tensor:

@@ -179,7 +179,8 @@ class TripletInteraction(nn.Module):
             y = self.mlp_cbf.project(basis["R"], sx)
         y = self.scale_cbf_sum(y, ref=x)
         if self.symmetric:
-            return (self.up_projection_ca(y) + self.up_projection_ac(y)[id_swap]) * INV_SQRT2
+            # Dense acts row by row, so swapping its (narrow) input equals swapping its output
+            return (self.up_projection_ca(y) + self.up_projection_ac(y[id_swap])) * INV_SQRT2
         return self.up_projection_ca(y)
 
 
@@ -214,7 +215,7 @@ class QuadrupletInteraction(nn.Module):
         y = quadruplet_message(basis["dihedral"], basis["ops"], x, basis["out_t"], basis["out_slot"])
         y = self.mlp_sbf.bilinear(y.reshape(y.shape[0], -1))
         y = self.scale_sbf_sum(y, ref=x.reshape(-1, x.shape[-1]))
-        return (self.up_projection_ca(y) + self.up_projection_ac(y)[id_swap]) * INV_SQRT2
+        return (self.up_projection_ca(y) + self.up_projection_ac(y[id_swap])) * INV_SQRT2
 
 
 class PairInteraction(nn.Module):
