@@ -308,3 +308,31 @@ def test_sharded_moments_merge_to_the_whole(small_store, tmp_path, fake_extracto
     assert main(["moments-merge", *parts[:2], "--out", str(tmp_path / "bad.npz")]) == 2
     assert "incomplete set of shards" in capsys.readouterr().err
     assert not (tmp_path / "bad.npz").exists()
+
+
+def _fake_moments(path, dataset, extractor, sampling="balanced", agg="flat", shift=0.0):
+    rng = np.random.default_rng(abs(hash(dataset)) % 2**32)
+    x = rng.normal(size=(50, 3)) + shift
+    m = Moments(n=50, mean=x.mean(0), cov=np.cov(x, rowvar=False))
+    save_moments(path, m, {"extractor": extractor, "extractor_sha256": None, "dataset": dataset,
+                           "sampling": sampling, "aggregation": agg})
+
+
+def test_default_candidates_pick_balanced_flat_upstreams_of_one_extractor(tmp_path):
+    from atomsift.csi.select import default_candidates
+
+    root = tmp_path / "results" / "moments"
+    for ex in ("random-tiny-0", "ckpt.pt"):
+        for ds in ("ani1x", "oc20"):
+            (root / ex / ds).mkdir(parents=True)
+            _fake_moments(root / ex / ds / "balanced-flat.npz", ds, ex)
+            _fake_moments(root / ex / ds / "random-flat.npz", ds, ex, sampling="random")
+        (root / ex / "rmd17").mkdir()
+        _fake_moments(root / ex / "rmd17" / "random-flat.npz", "rmd17", ex, sampling="random")
+    got = default_candidates(root, extractor="random-tiny-0")
+    assert sorted((name, p.relative_to(root).as_posix()) for name, p in got) == [
+        ("ani1x", "random-tiny-0/ani1x/balanced-flat.npz"), ("oc20", "random-tiny-0/oc20/balanced-flat.npz")]
+    with pytest.raises(InputError, match=r"several extractors \(ckpt.pt, random-tiny-0\); pick one with --extractor"):
+        default_candidates(root)
+    with pytest.raises(InputError, match="default directory does not exist"):
+        default_candidates(tmp_path / "nowhere")

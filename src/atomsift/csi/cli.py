@@ -46,8 +46,11 @@ def register(sub) -> None:
                                    "extractor recorded in the upstream moments' sidecars and rank the upstreams by CSI.")
     p.add_argument("data", help="downstream store directory or ASE-readable file")
     p.add_argument("--upstream", action="append", default=[], metavar="NAME=M.npz", help="candidate upstream moments (repeatable)")
-    p.add_argument("--upstream-dir", help="every *.npz with a sidecar in this directory is a candidate, named by its dataset")
-    p.add_argument("--extractor", help="extractor spec (default: the one recorded in the upstream sidecars; its sha256 must match)")
+    p.add_argument("--upstream-dir", help="every *.npz with a sidecar in this directory is a candidate, named by its dataset "
+                        "(default, with no --upstream: the class-balanced, flat moments of ani1x/transition1x/oc20/oc22 "
+                        "under results/moments/, as a DAG run leaves them)")
+    p.add_argument("--extractor", help="extractor spec (default: the one recorded in the upstream sidecars; its sha256 must match; "
+                        "picks among several extractors under results/moments/)")
     p.add_argument("--n", type=int, default=10_000, help="at most this many downstream structures (default 10000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="train", help="store split to use (default train)")
@@ -242,12 +245,15 @@ def _pair(path, loader):
 def _select(args) -> int:
     from atomsift.cli import print_json
     from atomsift.csi.moments import accumulate_batches, save_moments
-    from atomsift.csi.select import check_compatible, load_candidates, parse_named, rank, read_data, recommendation
+    from atomsift.csi.select import check_compatible, default_candidates, load_candidates, parse_named, rank, read_data, recommendation
     from atomsift.errors import InputError
 
     _positive(args.n, "--n")
     _positive(args.batch_size, "--batch-size")
-    cands = load_candidates(parse_named(args.upstream), args.upstream_dir)
+    named = parse_named(args.upstream)
+    if not named and args.upstream_dir is None:
+        named = default_candidates(extractor=args.extractor)
+    cands = load_candidates(named, args.upstream_dir)
     if not cands:
         raise InputError("no upstream candidates: give --upstream NAME=M.npz or --upstream-dir DIR", field="upstream")
     check_compatible(cands)

@@ -73,6 +73,40 @@ def load_candidates(named: list[tuple[str, Path]], upstream_dir: str | Path | No
     return cands
 
 
+UPSTREAM_FAMILIES = ("ani1x", "transition1x", "oc20", "oc22")
+DEFAULT_MOMENTS_DIR = Path("results") / "moments"
+
+
+def default_candidates(root: str | Path = DEFAULT_MOMENTS_DIR, extractor: str | None = None) -> list[tuple[str, Path]]:
+    """The upstream moments a DAG run left under ``root``: the paper's main setting (class-balanced
+    sampling, flat aggregation) of every upstream family, from one extractor.
+
+    With several extractors present, ``extractor`` (a spec as recorded in the sidecars) picks one;
+    without it the choice is an error listing them, never a silent pick.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError("no upstream moments given (--upstream NAME=M.npz or --upstream-dir DIR) and the default "
+                         "directory does not exist: run the DAG (snakemake) or `atomsift moments` first", path=root)
+    groups: dict[str, list[tuple[str, Path]]] = {}
+    for p in sorted(root.rglob("*.npz")):
+        if not sidecar_path(p).exists():
+            continue
+        meta = load_sidecar(p)
+        if meta.get("sampling") != "balanced" or meta.get("aggregation") != "flat":
+            continue
+        if meta.get("dataset") not in UPSTREAM_FAMILIES:
+            continue
+        groups.setdefault(str(meta.get("extractor")), []).append((str(meta["dataset"]), p))
+    if extractor is not None:
+        groups = {k: v for k, v in groups.items() if k == extractor}
+    if not groups:
+        raise InputError("no class-balanced, flat upstream moments found" + (f" for extractor {extractor}" if extractor else ""), path=root)
+    if len(groups) > 1:
+        raise InputError(f"upstream moments of several extractors ({', '.join(sorted(groups))}); pick one with --extractor", path=root)
+    return next(iter(groups.values()))
+
+
 def check_compatible(cands: list[Candidate], what: str = "upstream") -> None:
     """All moments must come from one extractor (sha256), one aggregation and one dimension."""
     if not cands:
