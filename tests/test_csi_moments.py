@@ -313,7 +313,7 @@ def test_sharded_moments_merge_to_the_whole(small_store, tmp_path, fake_extracto
 def _fake_moments(path, dataset, extractor, sampling="balanced", agg="flat", shift=0.0):
     rng = np.random.default_rng(abs(hash(dataset)) % 2**32)
     x = rng.normal(size=(50, 3)) + shift
-    m = Moments(n=50, mean=x.mean(0), cov=np.cov(x, rowvar=False))
+    m = Moments.of(x)
     save_moments(path, m, {"extractor": extractor, "extractor_sha256": None, "dataset": dataset,
                            "sampling": sampling, "aggregation": agg})
 
