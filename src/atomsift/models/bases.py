@@ -263,11 +263,12 @@ def quadruplet_operators(dh: dict, Y_phi: Tensor, R: Tensor, out_t: Tensor, out_
     L = dh["y0"].shape[0]
     E, I = R.shape[0], R.shape[1]
     Yp = Y_phi.view(N, Kc, L, Kq)[out_t, out_slot]  # (E, L, Kq)
-    Rt = R.view(E, I, L, L).transpose(2, 3).reshape(E, I * L, L)  # rows (i, l'), columns l
-    Q = torch.bmm(Rt, Yp).view(E, I, L, Kq).transpose(2, 3)  # (E, I, Kq, L)
+    # R is BasisEmbedding's transposed view of a (E, l, l', i) array: contract l on that layout
+    Rl = R.transpose(1, 2).reshape(E, L, L * I)  # no copy: rows l, columns (l', i)
+    Q = torch.bmm(Yp.transpose(1, 2), Rl).view(E, Kq, L, I)  # Q[e, b, l', i]
     Yex = dh["Yex"].permute(0, 2, 1, 3)[out_t, out_slot]  # (E, Kq, L)
-    Qx = (Q * Yex[:, None]).sum(-1)  # (E, I, Kq)
-    return {"Q": Q.reshape(E, I, Kq * L), "Qx": Qx, "istar": dh["istar"].permute(0, 2, 1)[out_t, out_slot]}
+    Qx = (Q * Yex[..., None]).sum(2)  # (E, Kq, I)
+    return {"Q": Q.view(E, Kq * L, I).transpose(1, 2), "Qx": Qx.transpose(1, 2), "istar": dh["istar"].permute(0, 2, 1)[out_t, out_slot]}
 
 
 def quadruplet_message(dh: dict, ops: dict, x_tin: Tensor, out_t: Tensor, out_slot: Tensor) -> Tensor:
