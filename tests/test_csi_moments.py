@@ -336,3 +336,20 @@ def test_default_candidates_pick_balanced_flat_upstreams_of_one_extractor(tmp_pa
         default_candidates(root)
     with pytest.raises(InputError, match="default directory does not exist"):
         default_candidates(tmp_path / "nowhere")
+
+
+def test_upstream_edge_dropout_as_the_paper(tmp_path):
+    """--edge-dropout drops a2a edges even though the extractor is in eval mode (the paper's
+    upstream extraction); seeded, so the same seed gives the same moments."""
+    from atomsift.data.readers import qm9
+
+    store = qm9.convert(None, tmp_path / "q", limit=30)
+    outs = {}
+    for tag, p, seed in (("none", "0", 0), ("a", "0.3", 0), ("b", "0.3", 0)):
+        out = tmp_path / f"{tag}.npz"
+        assert main(["moments", "--store", str(store), "--extractor", "random-tiny-0", "--sampling", "random",
+                     "--n", "8", "--seed", str(seed), "--edge-dropout", p, "--batch-size", "4", "--out", str(out)]) == 0
+        outs[tag] = load_moments(out)[0]
+    assert np.array_equal(outs["a"].mean, outs["b"].mean)
+    assert not np.allclose(outs["a"].mean, outs["none"].mean)
+    assert outs["a"].n == outs["none"].n  # same structures and atoms, fewer edges

@@ -303,9 +303,9 @@ class Extractor:
         self.dim = model.config.emb_size_atom
 
     @torch.no_grad()
-    def __call__(self, batch, graph=None) -> Tensor:
+    def __call__(self, batch, graph=None, edge_dropout: float = 0.0, generator=None) -> Tensor:
         dtype = next(self.model.parameters()).dtype
-        return self.model.backbone_features(batch.to(dtype=dtype), graph)
+        return self.model.backbone_features(batch.to(dtype=dtype), graph, edge_dropout=edge_dropout, generator=generator)
 
 
 def _sha256_file(path: Path) -> str:

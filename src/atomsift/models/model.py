@@ -38,10 +38,12 @@ class GemNetModel(nn.Module):
 
     # ---------------------------------------------------------------- forward
 
-    def _features(self, batch, graph: GraphSettings | None, edge_dropout: float, pos: Tensor, generator=None) -> dict:
+    def _features(self, batch, graph: GraphSettings | None, edge_dropout: float, pos: Tensor, generator=None,
+                  graph_dropout_in_eval: bool = False) -> dict:
         settings = graph if graph is not None else graph_settings(batch.dataset)
         p = edge_dropout if self.training else 0.0
-        g = build_graphs(pos.detach(), batch.cell, batch.pbc, batch.natoms, batch.tags, settings, p, generator)
+        p_graph = edge_dropout if (self.training or graph_dropout_in_eval) else 0.0
+        g = build_graphs(pos.detach(), batch.cell, batch.pbc, batch.natoms, batch.tags, settings, p_graph, generator)
         cell = batch.cell.to(pos.dtype)
         geo = {
             "main": edge_geometry(pos, cell, batch.batch, g.main),
@@ -69,9 +71,13 @@ class GemNetModel(nn.Module):
         feats = self._features(batch, graph, edge_dropout, batch.pos, generator)
         return h(feats, batch.batch, B)
 
-    def backbone_features(self, batch, graph: GraphSettings | None = None) -> Tensor:
-        """(N, emb_size_atom) per-atom features: out_mlp_E over the concatenated block outputs."""
-        return self._features(batch, graph, 0.0, batch.pos)["energy"]
+    def backbone_features(self, batch, graph: GraphSettings | None = None, edge_dropout: float = 0.0, generator=None) -> Tensor:
+        """(N, emb_size_atom) per-atom features: out_mlp_E over the concatenated block outputs.
+
+        ``edge_dropout`` drops a2a edges of the graph even in eval mode, as the paper's upstream
+        feature extraction did (training-mode graph transforms on an eval-mode model); the
+        backbone itself stays in its current mode (no train-time rescaling in eval)."""
+        return self._features(batch, graph, edge_dropout, batch.pos, generator, graph_dropout_in_eval=True)["energy"]
 
     # ---------------------------------------------------------------- parameter groups
 
