@@ -345,10 +345,6 @@ def _figure(args) -> int:
 
 
 def _coverage(args) -> int:
-    import json
-    import os
-    from pathlib import Path
-
     from atomsift.cli import print_json
     from atomsift.csi.sampling import store_coverage
     from atomsift.data.store import Store
@@ -358,11 +354,9 @@ def _coverage(args) -> int:
     split = args.split if (store.split_names() or args.split != "train") else None
     res = store_coverage(store, args.n, args.seed, split=split)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(res, indent=2) + "\n")
-        os.replace(tmp, out)
+        from atomsift.fsio import write_json
+
+        write_json(args.out, res)
     if args.json:
         print_json(res)
     else:

@@ -11,14 +11,13 @@
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
 from atomsift.errors import InputError
+from atomsift.fsio import save_figure
 
 # Display names and the paper's order (upstream bars: ANI-1x, Transition-1x, OC20, OC22).
 LABELS = {
@@ -45,16 +44,7 @@ def _order(names) -> list[str]:
 
 
 def _savefig(fig, out: str | Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{uuid.uuid4().hex[:8]}{out.suffix or '.png'}")
-    try:
-        fig.savefig(tmp, dpi=150, bbox_inches="tight")
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return out
+    return save_figure(fig, out, dpi=150, bbox_inches="tight")
 
 
 def _pyplot():

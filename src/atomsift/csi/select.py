@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import numpy as np
 from atomsift.csi.frechet import frechet_distance
 from atomsift.csi.moments import Moments, load_moments, load_sidecar, sidecar_path
 from atomsift.errors import InputError
+from atomsift.fsio import write_text
 
 TABLE_COLUMNS = ("extractor", "sampling", "agg", "upstream", "downstream", "csi", "seed")
 
@@ -226,13 +225,7 @@ def write_csv(path: str | Path, rows: list[dict], columns=TABLE_COLUMNS) -> Path
     w.writeheader()
     for r in rows:
         w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.write_text(buf.getvalue())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_text(path, buf.getvalue())
     return path
 
 

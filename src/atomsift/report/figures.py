@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from pathlib import Path
 
 from atomsift.errors import InputError
+from atomsift.fsio import save_figure
 
 from .grid import parse_budget
 from .published import UPSTREAM_LABELS
@@ -115,12 +115,7 @@ def _paired_bars(tasks: list[dict], left: str, right: str, left_label: str, righ
         ax.set_ylim(0, top * 1.15 if top > 0 else 1)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, out)
+    save_figure(fig, out, dpi=120)
 
 
 def fig1(spec: dict, out: str | Path) -> dict:

@@ -13,10 +13,10 @@ import csv
 import io
 import json
 import math
-import os
 from pathlib import Path
 
 from atomsift.errors import InputError
+from atomsift.fsio import write_text
 
 from .grid import NONE, budget_label, parse_budget
 from .published import UPSTREAM_LABELS
@@ -184,11 +184,7 @@ def to_markdown(spec: dict, header, rows, stats) -> str:
 
 
 def write_atomic(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def write_table(spec: dict, out_csv: str | Path) -> tuple[Path, Path]:

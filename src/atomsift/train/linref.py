@@ -9,13 +9,13 @@ own standard deviation (mean 0 for both, as JMP's tables).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from atomsift.data.store import Store
+from atomsift.fsio import write_json
 
 N_ELEMENTS = 120
 
@@ -92,11 +92,7 @@ def fit_dataset_norm(store: Store, indices: np.ndarray, *, fit_linref: bool = Tr
 
 def save_norms(path: str | Path, norms: dict[str, DatasetNorm]) -> None:
     """Write ``{name: {coeff, energy_mean, energy_std, force_std}}`` as JSON (atomically)."""
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump({k: asdict(v) for k, v in norms.items()}, fh)
-    os.replace(tmp, p)
+    write_json(path, {k: asdict(v) for k, v in norms.items()}, indent=None)
 
 
 def load_norms(path: str | Path) -> dict[str, DatasetNorm]:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from atomsift import fsio
+
 
 def set_threads(threads: int | None) -> None:
     """torch intra-op threads from the run file, else $OMP_NUM_THREADS, else torch's default."""
@@ -144,13 +146,7 @@ def sha256_of(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def write_json(path: Path, obj) -> None:
-    """Write JSON atomically (temporary name in the same directory, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
+write_json = fsio.write_json
 
 
 def weights_digest(module: torch.nn.Module) -> str:

@@ -1,0 +1,50 @@
+"""Atomic file output: every artefact is written to a temporary sibling and renamed into place,
+so a killed job never leaves a half-written file under its final name."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix); rename it to ``path`` on success,
+    remove it on any error. Parent directories are created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: str | Path, obj, indent: int | None = 2) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically (with a final newline)."""
+    return write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def save_figure(fig, out: str | Path, dpi: int = 150, **kwargs) -> Path:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=Path(out).suffix.lstrip(".") or "png", **kwargs)
+    finally:
+        plt.close(fig)
+    return Path(out)
