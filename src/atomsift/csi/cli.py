@@ -78,7 +78,8 @@ def register(sub) -> None:
     p.add_argument("--extractor", help="only rows of this extractor")
     p.add_argument("--sampling", help="only rows of this sampling")
     p.add_argument("--agg", help="only rows of this aggregation")
-    p.add_argument("--log", action="store_true", help="logarithmic CSI axis")
+    p.add_argument("--log", action=argparse.BooleanOptionalAction, default=None,
+                   help="logarithmic CSI axis (default: automatic, when the values span more than two decades)")
     p.add_argument("--title")
     p.set_defaults(func=_figure)
 

@@ -70,8 +70,11 @@ def filter_rows(rows: list[dict], **equal) -> list[dict]:
 
 
 def csi_bars(rows: list[dict], out: str | Path, *, tasks: list[str] | None = None, upstreams: list[str] | None = None,
-             title: str | None = None, log: bool = False) -> Path:
-    """Grouped CSI bars: one group per downstream task, one bar per upstream dataset."""
+             title: str | None = None, log: bool | None = None) -> Path:
+    """Grouped CSI bars: one group per downstream task, one bar per upstream dataset.
+
+    ``log=None`` chooses a logarithmic axis when the values span more than two decades (CSI of
+    molecular vs surface upstreams routinely differ by 10^3, which hides the small bars)."""
     if tasks:
         missing = [t for t in tasks if t not in {r["downstream"] for r in rows}]
         if missing:
@@ -99,6 +102,9 @@ def csi_bars(rows: list[dict], out: str | Path, *, tasks: list[str] | None = Non
                yerr=[lo, hi] if multi else None, capsize=2 if multi else 0, edgecolor="black", linewidth=0.4)
     ax.set_xticks(x, [label(t) for t in tasks])
     ax.set_ylabel("CSI (lower = more similar)")
+    finite = [v for vs in vals.values() for v in vs if np.isfinite(v) and v > 0]
+    if log is None:
+        log = bool(finite) and max(finite) / min(finite) > 100
     if log:
         ax.set_yscale("log")
     ax.set_xlabel("downstream task")

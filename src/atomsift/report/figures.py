@@ -115,7 +115,7 @@ def _paired_bars(tasks: list[dict], left: str, right: str, left_label: str, righ
         ax.set_ylim(0, top * 1.15 if top > 0 else 1)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    save_figure(fig, out, dpi=120)
+    save_figure(fig, out, dpi=120, bbox_inches="tight")
 
 
 def fig1(spec: dict, out: str | Path) -> dict:
