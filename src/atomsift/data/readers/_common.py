@@ -403,3 +403,19 @@ def train_size_split(n: int, train_total: int, seed: int, val_fraction: float = 
         note = f"source has only {n} frames: train+val = int(0.8 n) = {train_total}, val = int({val_fraction} x that), rest test"
     n_val = int(train_total * val_fraction)
     return sized_split(n, train_total - n_val, n_val, seed), note
+
+
+def npz_frames(npz, path, z_key: str, pos_key: str, e_key: str, f_key: str):
+    """The checked (z, positions, energies, forces) of one molecule's trajectory in an npz
+    (rMD17: nuclear_charges/coords/energies/forces; sGDML: z/R/E/F, E shaped (M,) or (M, 1))."""
+    z = check_atomic_numbers(npz_array(npz, z_key, path, ndim=1), path, z_key)
+    n = z.size
+    pos = npz_array(npz, pos_key, path, ndim=3)
+    check_shape(pos, (None, n, 3), path, pos_key)
+    m = pos.shape[0]
+    if m == 0:
+        raise InputError(f"no frames ({pos_key} has 0 rows)", path=path, field=pos_key)
+    e = column(npz_array(npz, e_key, path, ndim=(1, 2)), m, path, e_key)
+    fo = npz_array(npz, f_key, path, ndim=3)
+    check_shape(fo, (m, n, 3), path, f_key)
+    return z, pos, e, fo

@@ -72,17 +72,7 @@ def convert(source, out: Path, *, dataset: str = NAME, subset: str | None = None
     seed = C.DEFAULT_SEED if seed is None else seed
     npz = C.open_npz(path)
     with npz:
-        z = C.check_atomic_numbers(C.npz_array(npz, "nuclear_charges", path, ndim=1), path, "nuclear_charges")
-        n = z.size
-        pos = C.npz_array(npz, "coords", path, ndim=3)
-        C.check_shape(pos, (None, n, 3), path, "coords")
-        m = pos.shape[0]
-        if m == 0:
-            raise InputError("no frames (coords has 0 rows)", path=path, field="coords")
-        e = C.npz_array(npz, "energies", path, ndim=(1, 2))
-        e = C.column(e, m, path, "energies")
-        fo = C.npz_array(npz, "forces", path, ndim=3)
-        C.check_shape(fo, (m, n, 3), path, "forces")
+        z, pos, e, fo = C.npz_frames(npz, path, "nuclear_charges", "coords", "energies", "forces")
     return write_molecule(out, dataset=dataset, path=path, mol=mol, z=z, pos=pos, energy_kcal=e, forces_kcal=fo,
                           seed=seed, limit=limit, train_total=TRAIN_TOTAL, reader=NAME, version=VERSION,
                           level_of_theory=LEVEL_OF_THEORY, keys=("coords", "energies", "forces"))

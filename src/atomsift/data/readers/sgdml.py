@@ -91,17 +91,7 @@ def convert(source, out: Path, *, dataset: str = "md22", subset: str | None = No
             raise InputError(f"unsupported energy unit '{e_unit}' (kcal/mol or eV)", path=path, field="e_unit")
         if r_unit is not None and r_unit.strip().lower() not in ("ang", "angstrom", "a"):
             raise InputError(f"unsupported length unit '{r_unit}' (Angstrom)", path=path, field="r_unit")
-        z = C.check_atomic_numbers(C.npz_array(npz, "z", path, ndim=1), path, "z")
-        n = z.size
-        pos = C.npz_array(npz, "R", path, ndim=3)
-        C.check_shape(pos, (None, n, 3), path, "R")
-        m = pos.shape[0]
-        if m == 0:
-            raise InputError("no frames (R has 0 rows)", path=path, field="R")
-        e = C.npz_array(npz, "E", path, ndim=(1, 2))
-        e = C.column(e, m, path, "E")
-        fo = C.npz_array(npz, "F", path, ndim=3)
-        C.check_shape(fo, (m, n, 3), path, "F")
+        z, pos, e, fo = C.npz_frames(npz, path, "z", "R", "E", "F")
     factor = E_UNITS[(e_unit or "kcal/mol").strip().lower()]
     train_total = MD22_TRAIN_SIZES[mol] if family == "md22" else MD17_TRAIN_SIZE
     return write_molecule(out, dataset=dataset, path=path, mol=mol, z=z, pos=pos, energy_kcal=e, forces_kcal=fo,
