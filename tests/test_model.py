@@ -256,8 +256,8 @@ def jmp_state_dict_shapes(c, tasks=PT) -> dict[str, tuple]:
     for n in ("qint", "aeint", "eaint", "tint", "h", "out"):
         S[f"{bb}mlp_rbf_{n}.linear.weight"] = (er, nr)
     for n in ("qint", "aeint", "eaint", "tint"):
-        S[f"{bb}mlp_cbf_{n}.weight"] = (nr, 7, ec)
-    S[f"{bb}mlp_sbf_qint.weight"] = (nr, 49, es)
+        S[f"{bb}mlp_cbf_{n}.weight"] = (nr, c.num_spherical, ec)
+    S[f"{bb}mlp_sbf_qint.weight"] = (nr, c.num_spherical**2, es)
     S[f"{bb}mlp_rbf_aint.weight"] = (er, nr)
     S[f"{bb}edge_emb.dense.linear.weight"] = (E, 2 * A + nr)
 

@@ -75,21 +75,24 @@ SIZES: dict[str, BackboneConfig] = {
         emb_size_sbf=64,
         num_concat=4,
     ),
-    # CPU size for the embedded grid (docs/model.md): every path of GemNet-OC, narrow and shallow
+    # CPU size for the embedded grid (docs/model.md): every path of GemNet-OC, narrow and shallow.
+    # Angular orders L = 4 (JMP: 7) and 16 radial Gaussians: the quadruplet path's cost grows with
+    # L^2 x emb_size_sbf and was 45% of a gradient-force training step at L = 7 (bench/backbone_step.py)
     "tiny": BackboneConfig(
         num_blocks=2,
         emb_size_atom=64,
         emb_size_edge=64,
         emb_size_trip_in=16,
         emb_size_trip_out=16,
-        emb_size_quad_in=8,
+        emb_size_quad_in=4,
         emb_size_quad_out=8,
         emb_size_aint_in=16,
         emb_size_aint_out=16,
         emb_size_rbf=8,
         emb_size_cbf=8,
-        emb_size_sbf=8,
-        num_radial=32,
+        emb_size_sbf=4,
+        num_radial=16,
+        num_spherical=4,
         num_before_skip=1,
         num_after_skip=1,
         num_concat=1,
