@@ -15,6 +15,8 @@ rule generate:
         f"{LOGS}/generate/{{dataset}}.log",
     benchmark:
         f"{BENCH}/generate/{{dataset}}.tsv"
+    # data first: every later rule waits on a store, and a late one leaves cores idle at the end
+    priority: 20
     threads: 2
     resources:
         mem_mb=4000,
@@ -59,6 +61,7 @@ rule prepare:
         f"{LOGS}/prepare/{{dataset}}.log",
     benchmark:
         f"{BENCH}/prepare/{{dataset}}.tsv"
+    priority: 20
     threads: 1
     resources:
         mem_mb=8000,

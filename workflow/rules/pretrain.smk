@@ -31,6 +31,8 @@ rule pretrain:
         f"{LOGS}/pretrain/{{upstream}}/{{budget}}/{{backbone}}.log",
     benchmark:
         G.benchmark_file("pretrain", "{upstream}", "{budget}", "{backbone}")
+    # before the (many, short) finetuning jobs, so the long ones (OC20, mixtures) do not end the run alone
+    priority: 10
     threads: 1
     resources:
         mem_mb=8000,
