@@ -64,12 +64,13 @@ def _read(path: Path) -> dict:
     JMP's Lightning files pickle their hyper-parameters (``jmp`` config classes, pydantic
     models): those come back as inert stand-ins. Ours hold no classes, so a stand-in in a file
     that says it is ours is refused."""
-    from atomsift.safeload import ANY, load_torch
+    from atomsift.safeload import ANY, Inert, load_torch
 
     found: set[str] = set()
     obj = load_torch(path, stand_ins=ANY, found=found)
     if not isinstance(obj, dict):
-        raise InputError(f"not a checkpoint (holds a {type(obj).__name__}, expected a dict)", path=path)
+        held = obj.pickled_name if isinstance(obj, Inert) else type(obj).__name__
+        raise InputError(f"not a checkpoint (holds a {held}, expected a dict)", path=path)
     if obj.get("format") == FORMAT and found:
         raise InputError(f"pickles {', '.join(sorted(found)[:3])}: an atomsift checkpoint holds no classes", path=path)
     sd = obj.get("state_dict")

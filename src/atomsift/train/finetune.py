@@ -98,10 +98,10 @@ def run_finetune(cfg: FinetuneConfig, out: str | Path, pretrained: str | None, *
     from atomsift.train import data as D
     from atomsift.train.linref import DatasetNorm, element_counts, fit_dataset_norm, fit_linear_reference
     from atomsift.train.module import FinetuneModule, Plateau
-    from atomsift.safeload import load_torch
     from atomsift.train.pretrain import default_model_factory, fit_scales_if_available
-    from atomsift.train.runtime import (check_run, clean_stale_temporaries, make_trainer, record_run, run_inputs,
-                                        save_checkpoint_atomic, set_threads, weights_digest, write_json)
+    from atomsift.train.runtime import (check_run, clean_stale_temporaries, load_lightning_checkpoint, make_trainer,
+                                        record_run, run_inputs, save_checkpoint_atomic, set_threads, weights_digest,
+                                        write_json)
 
     out = Path(out)
     metrics_path = out / "metrics.json"
@@ -228,9 +228,7 @@ def run_finetune(cfg: FinetuneConfig, out: str | Path, pretrained: str | None, *
     tested = "final_ema" if module.ema_model is not None else "final_raw"
     module.test_model = module.eval_model
     if cfg.test_weights == "best" and best.exists():
-        state = load_torch(best).get("state_dict")  # safe loader: a planted best.ckpt runs nothing
-        if not isinstance(state, dict):
-            raise InputError("Lightning checkpoint without a state_dict", path=best)
+        state = load_lightning_checkpoint(best)["state_dict"]  # safe loader: a planted best.ckpt runs nothing
         prefix = "ema_model." if module.ema_model is not None else "model."
         chosen = copy.deepcopy(module.eval_model)
         chosen.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})

@@ -37,7 +37,7 @@ def accelerator_name(cfg) -> str:
 def save_checkpoint_atomic(trainer, path: Path) -> None:
     """``trainer.save_checkpoint`` (all ranks call it; rank 0 writes, through
     :class:`SafeCheckpointIO`: to a temporary name, renamed when complete)."""
-    trainer.save_checkpoint(Path(path))
+    trainer.save_checkpoint(Path(path), weights_only=False)
 
 
 def safe_checkpoint_io():
@@ -54,11 +54,22 @@ def safe_checkpoint_io():
             fsio.write_bytes(path, buf.getbuffer())
 
         def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
-            from atomsift.safeload import load_torch
-
-            return load_torch(path)
+            return load_lightning_checkpoint(path)
 
     return SafeCheckpointIO()
+
+
+def load_lightning_checkpoint(path, read_data: bool = True) -> dict:
+    """A ``last.ckpt`` / ``best.ckpt`` through the safe loader (no stand-ins: Lightning's files
+    hold no classes), checked to be a Lightning checkpoint; ``read_data=False`` checks the file
+    without reading tensor bytes."""
+    from atomsift.errors import InputError
+    from atomsift.safeload import load_torch
+
+    obj = load_torch(path, read_data=read_data)
+    if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
+        raise InputError("not a Lightning checkpoint (no state_dict)", path=path)
+    return obj
 
 
 def _resume_checkpoint_class():
@@ -153,7 +164,6 @@ def check_run(cfg, out: Path, inputs: dict, config_path=None, store_field=lambda
     the same ``--pretrained`` (by sha256); ``last.ckpt`` and ``best.ckpt`` are checked with the
     safe loader before Lightning sees them. Each refusal is one line naming what changed."""
     from atomsift.errors import InputError
-    from atomsift.safeload import check_torch
 
     if cfg.precision == "16-mixed" and accelerator_name(cfg) == "cpu":
         raise InputError("16-mixed needs a GPU; use 32-true or bf16-mixed on CPU", path=config_path, field="precision")
@@ -189,9 +199,10 @@ def check_run(cfg, out: Path, inputs: dict, config_path=None, store_field=lambda
         now_s = f"sha256 {new_pre['sha256'][:12]}" if new_pre else "none"
         raise InputError(f"{out} holds a run started from --pretrained {was}, not this one ({now_s}); {restart}",
                          path=new_pre["path"] if new_pre else None, field=None if new_pre else "--pretrained")
-    check_torch(last)  # refuses a planted or damaged checkpoint with one line, before any training output
+    # a planted or damaged checkpoint is refused here, in one line, before Lightning prints anything
+    load_lightning_checkpoint(last, read_data=False)
     if (out / "best.ckpt").exists():
-        check_torch(out / "best.ckpt")
+        load_lightning_checkpoint(out / "best.ckpt", read_data=False)
     return prev
 
 
