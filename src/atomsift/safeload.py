@@ -409,8 +409,8 @@ def storage_from_bytes(raw) -> np.ndarray:
     count = int(np.frombuffer(fh.read(8).ljust(8, b"\0"), dtype="<i8")[0])
     bf16 = ref.dtype == "bfloat16"
     dt = np.dtype(np.uint16 if bf16 else ref.dtype).newbyteorder("<")
-    if count < 0 or count * dt.itemsize != len(raw) - fh.tell():
-        raise UnsafePickle(f"torch storage: {count} elements do not match the {len(raw) - fh.tell()} bytes that follow")
+    if count < 0 or count * dt.itemsize > len(raw) - fh.tell():
+        raise UnsafePickle(f"torch storage: {count} elements need more than the {len(raw) - fh.tell()} bytes that follow")
     arr = np.frombuffer(raw, dtype=dt, offset=fh.tell(), count=count)
     if bf16:  # bfloat16 is the top half of a float32
         arr = (arr.astype(np.uint32) << 16).view(np.float32)
