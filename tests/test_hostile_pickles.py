@@ -647,3 +647,13 @@ def test_verbs_in_subprocesses(tmp_path, genuine, store, xyz, lmdb_source):
         if cases[k][2] is not None:
             assert not cases[k][2].exists(), k
     assert not marker.exists()
+
+
+def test_pickled_names_with_newlines_stay_one_line(tmp_path, capsys, xyz):
+    """STACK_GLOBAL names are any string: a message that quotes one is still one line."""
+    raw = b"\x80\x04\x8c\x0aos\nsystem\n\x8c\x06x\ny\nzz\x93)R."
+    ckpt = zip_checkpoint(tmp_path / "nl.pt", raw)
+    line = _one_line(capsys, ["predict", xyz, "--checkpoint", ckpt], tmp_path / "none", "nl.pt")
+    assert "os\\nsystem\\n.x\\ny\\nzz" in line
+    with pytest.raises(safeload.UnsafePickle, match=r"refusing to unpickle os\\nsystem\\n\.x\\ny\\nzz"):
+        safeload.loads(raw)

@@ -19,8 +19,9 @@ own pickle machine (``pickle._Unpickler``) with every code-calling opcode replac
   permits stand-ins for that module), or a refusal;
 * ``REDUCE``/``INST``/``OBJ`` call only allow-listed reconstructors; on a stand-in class they
   record the arguments; ``NEWOBJ``/``NEWOBJ_EX`` only make stand-ins;
-* ``BUILD`` only stores the state on a stand-in, or calls numpy's own ``__setstate__`` on an
-  array or dtype this load has just made for that purpose; nothing else is built;
+* ``BUILD`` only stores the state on a stand-in, calls numpy's own ``__setstate__`` on an
+  array or dtype this load has just made for that purpose, or sets the ``_metadata`` dict of a
+  state dict (an ``OrderedDict``); nothing else is built;
 * ``APPEND(S)``/``SETITEM(S)``/``ADDITEMS`` only fill lists, dicts, sets or stand-ins;
 * ``EXT*`` (extension registry) is refused; persistent ids are accepted only as torch storage
   records of a zip checkpoint (or of torch's legacy storage stream), with their sizes checked
@@ -56,6 +57,17 @@ ANY = "*"  # stand_ins=ANY: every global outside the allow-list becomes an inert
 class UnsafePickle(pickle.UnpicklingError):
     """The pickle asks for something this loader does not do (a callable outside the allow-list,
     a build on a real object, an extension code, ...). Nothing was called."""
+
+
+def _one_line(text: str) -> str:
+    """A name from a file for a message: one line, bounded (pickled names are any string)."""
+    if not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _printable(module: str, name: str) -> str:
+    return _one_line(f"{module}.{name}")
 
 
 def _short(v: Any) -> str:
@@ -104,7 +116,7 @@ class Inert:
 def _stand_in_class(module: str, name: str) -> type:
     # cached: one class per pickled name (making a class costs more than unpickling a small Data)
     return type(name, (Inert,), {"__slots__": (), "__module__": module, "__qualname__": name,
-                                 "pickled_name": f"{module}.{name}"})
+                                 "pickled_name": _printable(module, name)})
 
 
 def _is_stand_in_class(obj) -> bool:
@@ -500,10 +512,10 @@ class _Unpickler(pickle._Unpickler):
         if self.stand_ins == ANY or any(module == m or module.startswith(m + ".") for m in self.stand_ins):
             self.made.add(key)
             return _stand_in_class(module, name)
-        raise UnsafePickle(f"refusing to unpickle {module}.{name} (only tensors, arrays and plain containers are read)")
+        raise UnsafePickle(f"refusing to unpickle {_printable(module, name)} (only tensors, arrays and plain containers are read)")
 
     def stand_ins_made(self) -> set[str]:
-        return {f"{m}.{n}" for m, n in self.made}
+        return {_printable(m, n) for m, n in self.made}
 
     # -- calls
     def _call(self, func, args, kwargs=None):
@@ -720,9 +732,9 @@ def _zip_unpickler(zf: zipfile.ZipFile, path: Path, stand_ins, read_data: bool) 
     total = 0
     for i in infos:
         if i.compress_type != zipfile.ZIP_STORED or i.compress_size != i.file_size:
-            raise InputError(f"record {i.filename} is compressed (torch stores records uncompressed)", path=path)
+            raise InputError(f"record {_one_line(i.filename)} is compressed (torch stores records uncompressed)", path=path)
         if i.header_offset + i.file_size > size:
-            raise InputError(f"record {i.filename} ends past the end of the file (truncated)", path=path)
+            raise InputError(f"record {_one_line(i.filename)} ends past the end of the file (truncated)", path=path)
         total += i.file_size
     if total > size:
         raise InputError(f"records claim {total} bytes but the file holds {size} (overlapping records)", path=path)
@@ -738,11 +750,11 @@ def _zip_unpickler(zf: zipfile.ZipFile, path: Path, stand_ins, read_data: bool) 
             return cache[key]
         info = names.get(f"{prefix}data/{key}")
         if info is None:
-            raise UnsafePickle(f"storage {key!r}: no such record")
+            raise UnsafePickle(f"storage {_one_line(key)}: no such record")
         dtype = getattr(torch, dtype_name)
         nbytes = numel * torch.empty((), dtype=dtype).element_size()
         if nbytes != info.file_size:
-            raise UnsafePickle(f"storage {key}: {numel} x {dtype_name} is {nbytes} bytes, its record holds {info.file_size}")
+            raise UnsafePickle(f"storage {_one_line(key)}: {numel} x {dtype_name} is {nbytes} bytes, its record holds {info.file_size}")
         data = None
         if read_data:
             buf = torch.empty(nbytes, dtype=torch.uint8)
@@ -752,7 +764,7 @@ def _zip_unpickler(zf: zipfile.ZipFile, path: Path, stand_ins, read_data: bool) 
                 while pos < nbytes:
                     chunk = fh.read(min(1 << 24, nbytes - pos))
                     if not chunk:
-                        raise UnsafePickle(f"storage {key}: record truncated")
+                        raise UnsafePickle(f"storage {_one_line(key)}: record truncated")
                     view[pos:pos + len(chunk)] = chunk
                     pos += len(chunk)
                 fh.read(1)
