@@ -657,3 +657,46 @@ def test_pickled_names_with_newlines_stay_one_line(tmp_path, capsys, xyz):
     assert "os\\nsystem\\n.x\\ny\\nzz" in line
     with pytest.raises(safeload.UnsafePickle, match=r"refusing to unpickle os\\nsystem\\n\.x\\ny\\nzz"):
         safeload.loads(raw)
+
+
+def test_jmp_checkpoint_with_pickled_pydantic_configs_loads(tmp_path):
+    """JMP pickles pydantic models (with enums and paths) of a package we do not have: they come
+    back as stand-ins whose fields give the backbone and the task names."""
+    pydantic = pytest.importorskip("pydantic")
+    import enum
+    import types
+
+    from test_model import _synthetic_jmp
+
+    from atomsift.models import load_checkpoint
+    from atomsift.models.gemnet_oc import backbone_config
+
+    cfg = backbone_config("tiny", True)
+    p = tmp_path / "jmp-pyd.pt"
+    sd = _synthetic_jmp(p, cfg)
+    obj = torch.load(p, weights_only=True)
+    mod = types.ModuleType("jmpfake.config")
+    ns = {"pydantic": pydantic, "enum": enum, "Path": Path, "Optional": __import__("typing").Optional}
+    src = ("class Act(enum.Enum):\n    silu = 'scaled_silu'\n"
+           "class BackboneConfig(pydantic.BaseModel):\n" + "".join(f"    {k}: {type(v).__name__} = {v!r}\n" for k, v in cfg.to_dict().items())
+           + "    activation: Act = Act.silu\n    scale_file: Optional[Path] = Path('/private/base.pt')\n"
+           "class TaskConfig(pydantic.BaseModel):\n    name: str\n"
+           "class PretrainConfig(pydantic.BaseModel):\n    backbone: BackboneConfig\n    tasks: list[TaskConfig]\n")
+    ns["__name__"] = mod.__name__
+    exec(compile(src, "<jmpfake>", "exec", dont_inherit=True), ns)
+    mod.__dict__.update(ns)
+    parent = types.ModuleType("jmpfake")
+    parent.config = mod
+    sys.modules.update({"jmpfake": parent, mod.__name__: mod})
+    try:
+        obj["hyper_parameters"] = ns["PretrainConfig"](backbone=ns["BackboneConfig"](),
+                                                       tasks=[ns["TaskConfig"](name=n) for n in ("w", "x", "y", "z")])
+        torch.save(obj, p)
+    finally:
+        del sys.modules[mod.__name__], sys.modules["jmpfake"]
+    found: set = set()
+    safeload.load_torch(p, stand_ins=safeload.ANY, found=found)
+    assert {"jmpfake.config.PretrainConfig", "jmpfake.config.Act", "pathlib.PosixPath"} <= found
+    model, meta = load_checkpoint(p, ema=False)
+    assert meta["tasks"] == ["w", "x", "y", "z"] and model.config == cfg
+    torch.testing.assert_close(model.state_dict()["heads.y.force_mlp.0.weight"], sd["output.out_forces.2.0.weight"])
