@@ -37,7 +37,7 @@ def accelerator_name(cfg) -> str:
 def save_checkpoint_atomic(trainer, path: Path) -> None:
     """``trainer.save_checkpoint`` (all ranks call it; rank 0 writes, through
     :class:`SafeCheckpointIO`: to a temporary name, renamed when complete)."""
-    trainer.save_checkpoint(Path(path), weights_only=False)
+    trainer.save_checkpoint(Path(path))
 
 
 def safe_checkpoint_io():
