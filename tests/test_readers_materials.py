@@ -477,19 +477,22 @@ def test_matbench_errors(tmp_path, capsys, case, needles):
 
 def test_pickled_tensors_decode_without_torch_exactly():
     """The numpy decoder of pickled tensors agrees with torch for every dtype and for strided views."""
-    import io
-
-    from atomsift.data.readers.oc import _Unpickler
+    from atomsift.safeload import loads
 
     g = torch.Generator().manual_seed(0)
     base = torch.randn(5, 7, generator=g, dtype=torch.float64)
     tensors = [base, base.float(), base.half(), (base * 100).long(), (base * 100).int(), (base * 10).short(),
                (base * 10).to(torch.int8), (base.abs() * 10).to(torch.uint8), base > 0, base.t(), base[1:4, ::2],
-               torch.zeros(0, 3), torch.tensor(3.5)]
-    for t in tensors:
-        got = _Unpickler(io.BytesIO(pickle.dumps(t))).load()
-        assert isinstance(got, np.ndarray) and got.dtype == t.numpy().dtype and got.shape == tuple(t.shape)
-        np.testing.assert_array_equal(got, t.numpy())
+               torch.zeros(0, 3), torch.tensor(3.5), torch.complex(base, -base)]
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        for t in tensors:
+            got = loads(pickle.dumps(t, protocol=protocol))
+            assert isinstance(got, np.ndarray) and got.dtype == t.numpy().dtype and got.shape == tuple(t.shape)
+            np.testing.assert_array_equal(got, t.numpy())
+    # bfloat16 has no numpy dtype: decoded exactly as float32
+    got = loads(pickle.dumps(base.bfloat16()))
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, base.bfloat16().float().numpy())
 
 
 def test_cli_passes_fold_0_and_seed_0(tmp_path, capsys):

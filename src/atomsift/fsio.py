@@ -14,16 +14,31 @@ from typing import Iterator
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix); rename it to ``path`` on success,
-    remove it on any error. Parent directories are created."""
+    remove it on any error. Parent directories are created. An OSError while writing the
+    temporary (a full disk) is re-raised naming ``path``: the user knows that name, not ours."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is None or str(exc.filename) == str(tmp):
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_bytes(path: str | Path, data) -> Path:
+    """Write ``data`` (bytes or a buffer) to ``path`` atomically."""
+    view = memoryview(data).cast("B")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            for i in range(0, len(view), 1 << 26):
+                fh.write(view[i:i + (1 << 26)])
+    return Path(path)
 
 
 def write_text(path: str | Path, text: str) -> Path:

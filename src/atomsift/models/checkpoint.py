@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import re
 import tempfile
-import types
 from pathlib import Path
 
 import torch
@@ -70,54 +68,39 @@ def save_checkpoint(path, model: GemNetModel, meta: dict | None = None) -> Path:
     return path
 
 
-class _Stub:
-    """Stand-in for a class pickled in a checkpoint whose package (e.g. ``jmp``) is not installed:
-    keeps the pickled state as attributes."""
-
-    def __init__(self, *args, **kwargs):
-        self.__dict__["_args"] = args
-        self.__dict__.update(kwargs)
-
-    def __setstate__(self, state):
-        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], dict):
-            state = {**state[0], **(state[1] or {})}
-        if isinstance(state, dict):
-            self.__dict__.update(state)
-        else:
-            self.__dict__["_state"] = state
-
-
-class _StubUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        try:
-            return super().find_class(module, name)
-        except (ImportError, AttributeError):
-            return type(name, (_Stub,), {"__module__": module})
-
-
-_stub_pickle = types.SimpleNamespace(Unpickler=_StubUnpickler, load=lambda f, **kw: _StubUnpickler(f, **kw).load(), __name__="pickle")
-
-
 def _read(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc_safe:
-        # JMP's Lightning files pickle their hyper-parameters (jmp config classes): unpickle with
-        # stand-ins for classes whose package is not installed
-        try:
-            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_stub_pickle)
-        except Exception as exc:
-            raise InputError(f"not a readable torch checkpoint ({type(exc).__name__}: {exc})", path=path) from exc_safe
+    """The checkpoint's object, through :mod:`atomsift.safeload` (nothing in it can run code).
+
+    JMP's Lightning files pickle their hyper-parameters (``jmp`` config classes, pydantic
+    models): those come back as inert stand-ins. Ours hold no classes, so a stand-in in a file
+    that says it is ours is refused."""
+    from atomsift.safeload import ANY, Inert, load_torch
+
+    found: set[str] = set()
+    obj = load_torch(path, stand_ins=ANY, found=found)
+    if not isinstance(obj, dict):
+        held = obj.pickled_name if isinstance(obj, Inert) else type(obj).__name__
+        raise InputError(f"not a checkpoint (holds a {held}, expected a dict)", path=path)
+    if obj.get("format") == FORMAT and found:
+        raise InputError(f"pickles {', '.join(sorted(found)[:3])}: an atomsift checkpoint holds no classes", path=path)
+    sd = obj.get("state_dict")
+    if isinstance(sd, dict):
+        bad = next((k for k, v in sd.items() if not isinstance(v, Tensor)), None)
+        if bad is not None:
+            raise InputError(f"state_dict[{bad!r}] is a {type(sd[bad]).__name__}, not a tensor", path=path, field="state_dict")
+    return obj
 
 
 def _fields(obj) -> dict:
-    """A mapping view of a config that may be a dict, an object or an unpickled stand-in
-    (pydantic keeps its fields under ``__dict__`` in the pickled state)."""
+    """A mapping view of a config that may be a dict or an unpickled stand-in (pydantic keeps
+    its fields under ``__dict__`` in the pickled state)."""
+    from atomsift.safeload import Inert
+
     if isinstance(obj, dict):
         return obj
-    d = getattr(obj, "__dict__", None)
-    if not isinstance(d, dict):
+    if not isinstance(obj, Inert):
         return {}
+    d = obj.fields()
     inner = d.get("__dict__")
     return inner if isinstance(inner, dict) else d
 
@@ -297,6 +280,8 @@ def jmp_ema_state_dict(obj: dict, path: Path) -> dict:
         raise InputError(f"EMA has {len(ema)} tensors but the state dict has {len(keys)} parameters", path=path, field="optimizer_states")
     out = dict(sd)
     for k, v in zip(keys, ema):
+        if not isinstance(v, Tensor):
+            raise InputError(f"EMA entry for {k} is a {type(v).__name__}, not a tensor", path=path, field="optimizer_states")
         if tuple(v.shape) != tuple(sd[k].shape) or v.dtype != sd[k].dtype:
             raise InputError(f"EMA tensor for {k} has shape {tuple(v.shape)} / {v.dtype}, expected {tuple(sd[k].shape)} / {sd[k].dtype}", path=path, field="optimizer_states")
         out[k] = v

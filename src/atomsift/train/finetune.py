@@ -91,19 +91,21 @@ def transfer_backbone(src, dst) -> dict:
 def run_finetune(cfg: FinetuneConfig, out: str | Path, pretrained: str | None, *, config_path: str | Path | None = None,
                  model_factory: Callable | None = None, model_loader: Callable | None = None, callbacks: list | None = None,
                  fit_scales: bool = True) -> dict:
-    """Run (or resume, or report) one finetuning run into ``out``; return its metrics."""
-    import torch
-
+    """Run (or resume, or report) one finetuning run into ``out``; return its metrics. Nothing is
+    written into ``out`` until every input (store, run file, ``pretrained``) has been read."""
     from atomsift.data.graphs import graph_settings
     from atomsift.data.store import Store
     from atomsift.train import data as D
     from atomsift.train.linref import DatasetNorm, element_counts, fit_dataset_norm, fit_linear_reference
     from atomsift.train.module import FinetuneModule, Plateau
     from atomsift.train.pretrain import default_model_factory, fit_scales_if_available
-    from atomsift.train.runtime import check_run_file, make_trainer, save_checkpoint_atomic, set_threads, sha256_of, weights_digest, write_json
+    from atomsift.train.runtime import (check_run, clean_stale_temporaries, load_lightning_checkpoint, make_trainer,
+                                        record_run, run_inputs, save_checkpoint_atomic, set_threads, weights_digest,
+                                        write_json)
 
     out = Path(out)
     metrics_path = out / "metrics.json"
+    clean_stale_temporaries(out)
     if metrics_path.exists():
         return json.loads(metrics_path.read_text())
     cfg, r = resolve(cfg)
@@ -130,7 +132,11 @@ def run_finetune(cfg: FinetuneConfig, out: str | Path, pretrained: str | None, *
             raise InputError(f"store has no target '{target}' (has: {', '.join(store.target_names) or 'none'})",
                              path=config_path or store.path, field="target")
     splits = _split_indices(store, cfg, config_path)
-    check_run_file(cfg, out, config_path)
+    if pretrained and pretrained != "none" and not Path(pretrained).is_file():
+        raise InputError("pretrained checkpoint does not exist", path=pretrained)
+    # the run's identity; a resume with other inputs (or a planted checkpoint) stops here
+    inputs = run_inputs(cfg, config_path, {"store": store.path}, pretrained)
+    prev = check_run(cfg, out, inputs, config_path)
     ds = {k: D.MixedDataset([D.Part(cfg.task, store, v)]) for k, v in splits.items()}
     collate = D.Collate([store.dataset], 1)
     graph = graph_settings(store.dataset)
@@ -160,27 +166,26 @@ def run_finetune(cfg: FinetuneConfig, out: str | Path, pretrained: str | None, *
     direct = r.kind == "forces" and cfg.forces == "direct"
     factory = model_factory or default_model_factory
     model = factory(cfg.size, {"task": spec}, direct, cfg.seed)
-    resume = (out / "last.ckpt").exists()
-    pre_info: dict = {"path": None, "sha256": None}
-    if pretrained and pretrained != "none":
-        ppath = Path(pretrained)
-        if not ppath.is_file():
-            raise InputError("pretrained checkpoint does not exist", path=ppath)
-        if not resume:
+    resume = prev is not None
+    if inputs["pretrained"] is not None:
+        if resume:  # the weights come from last.ckpt; what the transfer loaded was recorded at the start
+            inputs["pretrained"] = {**prev["pretrained"], "path": inputs["pretrained"]["path"]}
+        else:
             loader = model_loader
             if loader is None:
                 from atomsift.train.checkpointing import load_model as loader
-            pre_model, pre_meta = loader(ppath)
+            pre_model, pre_meta = loader(Path(pretrained))
             pre_size = getattr(pre_model, "size", None)
             if pre_size not in (None, "toy") and pre_size != cfg.size:
                 raise InputError(f"checkpoint is size '{pre_size}' but the run file says '{cfg.size}'", path=config_path, field="size")
-            pre_info.update(transfer_backbone(pre_model, model))
+            inputs["pretrained"].update(transfer_backbone(pre_model, model))
             del pre_model
-        pre_info.update(path=str(ppath.resolve()), sha256=sha256_of(ppath))
     elif fit_scales and cfg.n_scale_fit_batches() > 0 and not resume:
         sampler = D.EpochBatchSampler(len(ds["train"]), cfg.batch_size, seed=cfg.seed)
         batches = [next(iter(collate([ds["train"][i] for i in idx]).sub.values())) for idx in sampler.batches(0, 0)[: cfg.n_scale_fit_batches()]]
         fit_scales_if_available(model, batches)
+    record_run(cfg, out, inputs)  # every input has been read: the run directory starts here
+    pre_info = inputs["pretrained"] or {}
 
     world = cfg.devices * cfg.num_nodes
     spe = math.ceil(len(ds["train"]) / (cfg.batch_size * world))
@@ -223,7 +228,7 @@ def run_finetune(cfg: FinetuneConfig, out: str | Path, pretrained: str | None, *
     tested = "final_ema" if module.ema_model is not None else "final_raw"
     module.test_model = module.eval_model
     if cfg.test_weights == "best" and best.exists():
-        state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+        state = load_lightning_checkpoint(best)["state_dict"]  # safe loader: a planted best.ckpt runs nothing
         prefix = "ema_model." if module.ema_model is not None else "model."
         chosen = copy.deepcopy(module.eval_model)
         chosen.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})

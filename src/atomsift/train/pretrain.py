@@ -57,10 +57,12 @@ def run_pretrain(cfg: PretrainConfig, out: str | Path, *, config_path: str | Pat
     from atomsift.train import data as D
     from atomsift.train.linref import fit_dataset_norm, save_norms
     from atomsift.train.module import PretrainModule
-    from atomsift.train.runtime import check_run_file, make_trainer, save_checkpoint_atomic, set_threads, weights_digest, write_json
+    from atomsift.train.runtime import (check_run, clean_stale_temporaries, make_trainer, record_run, run_inputs,
+                                        save_checkpoint_atomic, set_threads, weights_digest, write_json)
 
     out = Path(out)
     metrics_path = out / "metrics.json"
+    clean_stale_temporaries(out)
     if metrics_path.exists():
         import json
 
@@ -68,7 +70,10 @@ def run_pretrain(cfg: PretrainConfig, out: str | Path, *, config_path: str | Pat
     set_threads(cfg.threads)
     t0 = time.time()
     pdata = D.build_pretrain_data(cfg, config_path)
-    check_run_file(cfg, out, config_path)
+    # the run's identity; a resume with other inputs (or a planted checkpoint) stops here
+    inputs = run_inputs(cfg, config_path, {nm: st.path for nm, st in pdata.stores.items()}, None)
+    prev = check_run(cfg, out, inputs, config_path, store_field=lambda name: f"upstream.stores.{name}")
+    record_run(cfg, out, inputs)
     names = pdata.names
     parts = pdata.train.parts
     norms = {p.name: fit_dataset_norm(p.store, p.indices) for p in parts}
@@ -79,7 +84,7 @@ def run_pretrain(cfg: PretrainConfig, out: str | Path, *, config_path: str | Pat
     factory = model_factory or default_model_factory
     model = factory(cfg.size, {nm: HeadSpec("energy_direct_forces") for nm in names}, True, cfg.seed)
     collate = D.Collate(datasets, len(names))
-    resume = (out / "last.ckpt").exists()
+    resume = prev is not None
     if fit_scales and cfg.n_scale_fit_batches() > 0 and not resume:
         # scale factors from up to 16 training batches of the first epoch's order (fixed by the seed)
         sampler = D.EpochBatchSampler(len(pdata.train), cfg.batch_size, seed=cfg.seed)

@@ -1,10 +1,14 @@
-"""Trainer construction shared by both stages: devices, DDP/SLURM, precision, threads, logs."""
+"""Trainer construction shared by both stages: devices, DDP/SLURM, precision, threads, logs,
+and the run directory's guarantees: checkpoints read through :mod:`atomsift.safeload` and
+written atomically, resume only with the inputs the run was started from, no stale temporaries."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -31,12 +35,41 @@ def accelerator_name(cfg) -> str:
 
 
 def save_checkpoint_atomic(trainer, path: Path) -> None:
-    """``trainer.save_checkpoint`` to a temporary name, then rename (all ranks call it; rank 0 writes)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    trainer.save_checkpoint(tmp)
-    if trainer.is_global_zero:
-        os.replace(tmp, path)
+    """``trainer.save_checkpoint`` (all ranks call it; rank 0 writes, through
+    :class:`SafeCheckpointIO`: to a temporary name, renamed when complete)."""
+    trainer.save_checkpoint(Path(path))
+
+
+def safe_checkpoint_io():
+    """A Lightning ``CheckpointIO`` that reads ``last.ckpt``/``best.ckpt`` (resume, best weights)
+    with :func:`atomsift.safeload.load_torch`, so Lightning never unpickles a checkpoint itself,
+    and writes them atomically (:func:`atomsift.fsio.write_bytes`: a failed write leaves no
+    temporary and names the checkpoint, not the temporary)."""
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    class SafeCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+            buf = io.BytesIO()  # serialised first: a disk error is then an OSError of the write
+            torch.save(checkpoint, buf)
+            fsio.write_bytes(path, buf.getbuffer())
+
+        def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+            return load_lightning_checkpoint(path)
+
+    return SafeCheckpointIO()
+
+
+def load_lightning_checkpoint(path, read_data: bool = True) -> dict:
+    """A ``last.ckpt`` / ``best.ckpt`` through the safe loader (no stand-ins: Lightning's files
+    hold no classes), checked to be a Lightning checkpoint; ``read_data=False`` checks the file
+    without reading tensor bytes."""
+    from atomsift.errors import InputError
+    from atomsift.safeload import load_torch
+
+    obj = load_torch(path, read_data=read_data)
+    if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
+        raise InputError("not a Lightning checkpoint (no state_dict)", path=path)
+    return obj
 
 
 def _resume_checkpoint_class():
@@ -65,28 +98,126 @@ def _resume_checkpoint_class():
     return ResumeCheckpoint
 
 
-def check_run_file(cfg, out: Path, config_path=None, runtime_keys=("accelerator", "num_workers",
-                   "threads", "progress_bar", "log_every_n_steps", "checkpoint_every_n_steps")) -> None:
-    """Record the run file as DIR/run.json; refuse to resume a DIR written by a different one.
+RUNTIME_KEYS = ("accelerator", "num_workers", "threads", "progress_bar", "log_every_n_steps", "checkpoint_every_n_steps")
 
-    Keys that do not change the result (threads, workers, progress bar, logging) may differ."""
-    import dataclasses
+# temporaries of the files a training run writes: fsio's ".NAME.tmp-PID-XXXXXX.EXT", the
+# ".NAME.tmp" of earlier versions and models.save_checkpoint's mkstemp ".model.pt.XXXXXXXX"
+_OUTPUTS = r"(?:last|best|metrics|run|inputs|linref|seen_rank\d+|model|model_raw)"
+_STALE = re.compile(rf"^\.{_OUTPUTS}(?:\.tmp-\d+-[0-9a-f]{{6}}\.(?:ckpt|json|pt)|\.(?:ckpt|json|pt)\.tmp|\.pt\.[A-Za-z0-9_]{{8}})$")
 
-    from atomsift.errors import InputError
+
+def is_global_zero_by_env() -> bool:
+    """Whether this process is rank 0 of its job, from the launchers' variables (before
+    Lightning knows): torchrun/Lightning (RANK, LOCAL_RANK, NODE_RANK) and SLURM (SLURM_PROCID)."""
+    return all(os.environ.get(k, "0") in ("", "0") for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def clean_stale_temporaries(out: Path) -> list[str]:
+    """Remove temporaries of this run's outputs left by a killed process (rank 0 only: other
+    ranks may start while rank 0 already writes). Returns the names removed."""
+    out = Path(out)
+    if not out.is_dir() or not is_global_zero_by_env():
+        return []
+    removed = []
+    for p in out.iterdir():
+        if _STALE.match(p.name) and p.is_file():
+            try:
+                p.unlink()
+                removed.append(p.name)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def _settings(cfg) -> dict:
     from atomsift.train.config import to_dict
 
-    now = to_dict(cfg)
+    return {k: v for k, v in to_dict(cfg).items() if k not in RUNTIME_KEYS}
+
+
+def run_inputs(cfg, config_path, stores: dict[str, str | Path], pretrained: str | Path | None) -> dict:
+    """The identity of a run: sha256 of its run file (and of its result-affecting settings, which
+    is what a resume compares), of each store's manifest and of the pretrained checkpoint."""
+    settings = json.dumps(_settings(cfg), sort_keys=True)
+    cp = Path(config_path) if config_path else None
+    stores_rec = {}
+    for name, sp in stores.items():
+        m = Path(sp) / "manifest.json"
+        stores_rec[name] = {"path": str(Path(sp).resolve()), "manifest_sha256": sha256_of(m) if m.is_file() else None}
+    pre = None
+    if pretrained is not None and str(pretrained) != "none":
+        pre = {"path": str(Path(pretrained).resolve()), "sha256": sha256_of(pretrained)}
+    return {
+        "run_file": {"path": str(cp.resolve()) if cp else None, "sha256": sha256_of(cp) if cp and cp.is_file() else None,
+                     "settings_sha256": hashlib.sha256(settings.encode()).hexdigest()},
+        "stores": stores_rec,
+        "pretrained": pre,
+    }
+
+
+def check_run(cfg, out: Path, inputs: dict, config_path=None, store_field=lambda name: "store") -> dict | None:
+    """Refuse a run that cannot start or resume; return the inputs record of the run being
+    resumed (None for a fresh start). Nothing is written.
+
+    A resume (``DIR/last.ckpt`` present) needs ``DIR/run.json`` and ``DIR/inputs.json`` and the
+    same run file (keys that do not change the result may differ), the same store manifests and
+    the same ``--pretrained`` (by sha256); ``last.ckpt`` and ``best.ckpt`` are checked with the
+    safe loader before Lightning sees them. Each refusal is one line naming what changed."""
+    from atomsift.errors import InputError
+
     if cfg.precision == "16-mixed" and accelerator_name(cfg) == "cpu":
         raise InputError("16-mixed needs a GPU; use 32-true or bf16-mixed on CPU", path=config_path, field="precision")
-    path = out / "run.json"
-    if path.exists() and (out / "last.ckpt").exists():
-        before = json.loads(path.read_text())
-        for k in sorted(set(now) | set(before)):
-            if k not in runtime_keys and now.get(k) != before.get(k):
-                raise InputError(f"{out} holds a run started with {k}={before.get(k)!r}; delete {out} to start over "
-                                 f"or restore the run file", path=config_path, field=k)
+    out = Path(out)
+    last = out / "last.ckpt"
+    if not last.exists():
+        return None
+    restart = f"delete {out} to start over or restore the inputs"
+    try:
+        before = json.loads((out / "run.json").read_text())
+        prev = json.loads((out / "inputs.json").read_text())
+        if not isinstance(before, dict) or not isinstance(prev, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise InputError(f"has no readable record of the inputs it was started from (run.json, inputs.json: "
+                         f"{type(exc).__name__}); delete {out} to start over", path=last) from None
+    now = _settings(cfg)
+    for k in sorted(set(now) | set(before)):
+        if k not in RUNTIME_KEYS and now.get(k) != before.get(k):
+            raise InputError(f"{out} holds a run started with {k}={before.get(k)!r}; delete {out} to start over "
+                             f"or restore the run file", path=config_path, field=k)
+    old_stores = prev.get("stores") if isinstance(prev.get("stores"), dict) else {}
+    for name, rec in inputs["stores"].items():
+        old = (old_stores.get(name) or {}).get("manifest_sha256")
+        if old != rec["manifest_sha256"]:
+            raise InputError(f"{out} holds a run started from another version of this store: "
+                             f"{Path(rec['path']) / 'manifest.json'} has sha256 {str(rec['manifest_sha256'])[:12]}, "
+                             f"the run started with {str(old)[:12]}; {restart}", path=config_path, field=store_field(name))
+    old_pre = prev.get("pretrained") if isinstance(prev.get("pretrained"), dict) else None
+    new_pre = inputs["pretrained"]
+    if (old_pre or {}).get("sha256") != (new_pre or {}).get("sha256"):
+        was = f"{old_pre.get('path')} (sha256 {str(old_pre.get('sha256'))[:12]})" if old_pre else "none"
+        now_s = f"sha256 {new_pre['sha256'][:12]}" if new_pre else "none"
+        raise InputError(f"{out} holds a run started from --pretrained {was}, not this one ({now_s}); {restart}",
+                         path=new_pre["path"] if new_pre else None, field=None if new_pre else "--pretrained")
+    # a planted or damaged checkpoint is refused here, in one line, before Lightning prints anything
+    load_lightning_checkpoint(last, read_data=False)
+    if (out / "best.ckpt").exists():
+        load_lightning_checkpoint(out / "best.ckpt", read_data=False)
+    return prev
+
+
+def record_run(cfg, out: Path, inputs: dict) -> None:
+    """Write ``DIR/run.json`` (the run file) and ``DIR/inputs.json`` (:func:`run_inputs` plus what
+    the pretrained transfer loaded), once every input has been read successfully. A fresh start
+    drops a ``best.ckpt`` left by a run that is not being resumed."""
+    from atomsift.train.config import to_dict
+
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(path, now)
+    if not (out / "last.ckpt").exists() and (out / "best.ckpt").exists() and is_global_zero_by_env():
+        (out / "best.ckpt").unlink()
+    write_json(out / "run.json", to_dict(cfg))
+    write_json(out / "inputs.json", inputs)
 
 
 def make_trainer(cfg, out: Path, *, max_epochs: int, callbacks: list, monitor: str, gradient_clip_val: float,
@@ -119,6 +250,7 @@ def make_trainer(cfg, out: Path, *, max_epochs: int, callbacks: list, monitor: s
         precision=cfg.precision,
         max_epochs=max_epochs,
         callbacks=[*callbacks, best, last],
+        plugins=[safe_checkpoint_io()],
         logger=CSVLogger(str(out), name="logs", version=""),
         enable_progress_bar=bool(progress),
         enable_model_summary=False,
@@ -139,11 +271,8 @@ def make_trainer(cfg, out: Path, *, max_epochs: int, callbacks: list, monitor: s
 
 
 def sha256_of(path: str | Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 write_json = fsio.write_json

@@ -7,8 +7,10 @@ Sources (``--source``):
   holds N (else ``stat()["entries"]``). Both attribute generations are read: ``y``/``force``
   (the released OC20/OC22 LMDBs) and ``energy``/``forces`` (newer fairchem), from PyG 2 pickles
   (attributes in ``_store``) and PyG < 2 pickles (attributes in ``__dict__``). The pickles are
-  unpickled without torch_geometric's classes (a stand-in records their state), so the installed
-  PyG version does not matter; tensors need torch.
+  read by :mod:`atomsift.safeload`: torch_geometric's classes become inert stand-ins that record
+  their state (so the installed PyG version does not matter), tensors are decoded with numpy, and
+  any other class or callable is refused: nothing in an LMDB value, its ``length`` key or a
+  metadata / reference-energy pickle can run code.
 * an ``*.extxyz`` / ``*.extxyz.xz`` file or a folder of them, each with its ``*.txt`` (or
   ``*.txt.xz``) companion: one line ``system_id,frame_number,reference_energy`` per frame
   (``random1331004,frame8,-0.35``); ``move_mask`` (True = free) gives ``fixed``.
@@ -31,14 +33,13 @@ else the reduced Hill formula of the non-adsorbate atoms (tag != 2). ``sid`` kep
 
 from __future__ import annotations
 
-import io
 import lzma
-import pickle
 import re
 from pathlib import Path
 
 import numpy as np
 
+from atomsift import safeload
 from atomsift.data.readers._common import one_line, shuffled, source_path
 from atomsift.data.readers._pymatgen import reduced_formula
 from atomsift.data.store import StoreWriter
@@ -85,11 +86,9 @@ def _load_pickle(path: str | Path, what: str) -> dict:
         raise InputError(f"{what} file does not exist", path=p)
     try:
         with open(p, "rb") as fh:
-            obj = _Unpickler(fh).load()
-    except InputError:
-        raise
-    except Exception as exc:  # truncated or foreign pickle
-        raise InputError(f"cannot unpickle {what} ({type(exc).__name__}: {one_line(exc)})", path=p) from None
+            obj = safeload.load(fh)  # plain values only: no stand-ins
+    except Exception as exc:  # truncated, foreign or code-running pickle
+        raise InputError(f"cannot unpickle {what} ({safeload.describe(exc)})", path=p) from None
     if not isinstance(obj, dict):
         raise InputError(f"{what} pickle holds a {type(obj).__name__}, expected a dict keyed by system id", path=p)
     return {sid_key(k): v for k, v in obj.items()}
@@ -162,154 +161,30 @@ def _read_txt(path: Path) -> list[tuple[int, int, float]]:
 
 # ------------------------------------------------------------------------------------- unpickling
 
-
-class _PygState:
-    """Stand-in for every torch_geometric class in a pickle: keeps the state it is given."""
-
-    def __init__(self, *args, **kwargs):
-        self.__dict__["_state"] = {}
-
-    def __setstate__(self, state):
-        if isinstance(state, tuple) and len(state) == 2:  # (dict, slots)
-            merged = dict(state[0] or {})
-            merged.update(state[1] or {})
-            state = merged
-        self.__dict__["_state"] = state if isinstance(state, dict) else {}
+PYG = ("torch_geometric",)  # the only classes an LMDB value may hold (as inert stand-ins)
 
 
-_SAFE_BUILTINS = {"set", "frozenset", "slice", "complex", "bytearray", "range", "int", "float", "str", "list", "dict",
-                  "tuple", "bool", "bytes", "object"}
-
-# Legacy torch storage class name -> numpy dtype (torch.save's non-zip format, used when a tensor is pickled)
-_STORAGE_DTYPES = {
-    "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16, "LongStorage": np.int64,
-    "IntStorage": np.int32, "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
-    "BoolStorage": np.bool_,
-}
-
-
-_HEADERS: list[bytes] = []  # legacy-stream prefixes already checked (magic, protocol, little-endian info)
-
-
-class _StorageRef:
-    def __init__(self, dtype):
-        self.dtype = dtype
-
-
-class _LegacyStorageUnpickler(pickle.Unpickler):
-    """Reads the pickles inside a legacy ``torch.save`` stream without torch."""
-
-    def find_class(self, module, name):
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return name
-        if module == "collections" and name == "OrderedDict":
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"unexpected {module}.{name} in a tensor storage")
-
-    def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and pid and pid[0] == "storage" and pid[1] in _STORAGE_DTYPES):
-            raise pickle.UnpicklingError(f"unexpected storage id {pid!r}")
-        return _StorageRef(_STORAGE_DTYPES[pid[1]])
-
-
-def storage_from_bytes(raw: bytes):
-    """The 1-D numpy array of a pickled torch storage (``torch.storage._load_from_bytes``'s argument).
-
-    The payload is torch.save's legacy stream: pickled magic, protocol, system info, the storage
-    (a persistent id naming its type), the list of storage keys, then per storage an int64
-    element count and the raw little-endian bytes. Falls back to torch for anything else
-    (other storage types, big-endian writers), returning a torch storage.
-    """
-    try:
-        fh = io.BytesIO(raw)
-        up = _LegacyStorageUnpickler(fh)
-        for head in _HEADERS:  # magic, protocol and system info repeat verbatim: skip them
-            if raw.startswith(head):
-                fh.seek(len(head))
-                break
-        else:
-            up.load()  # magic number
-            up.load()  # protocol version
-            info = up.load()
-            if not isinstance(info, dict) or not info.get("little_endian", False):
-                raise ValueError("not a little-endian storage")
-            if len(_HEADERS) < 8:
-                _HEADERS.append(raw[: fh.tell()])
-        ref = up.load()
-        keys = up.load()
-        if not isinstance(ref, _StorageRef) or len(keys) != 1:
-            raise ValueError("not a single storage")
-        count = int(np.frombuffer(fh.read(8), dtype="<i8")[0])
-        dt = np.dtype(ref.dtype).newbyteorder("<")
-        data = fh.read(count * dt.itemsize)
-        if len(data) != count * dt.itemsize:
-            raise ValueError("storage data truncated")
-        return np.frombuffer(data, dtype=dt)
-    except (pickle.UnpicklingError, ValueError, EOFError, IndexError, TypeError, AttributeError):
-        import torch.storage
-
-        return torch.storage._load_from_bytes(raw)
-
-
-def rebuild_tensor(storage, offset, size, stride, *rest):
-    """``torch._utils._rebuild_tensor_v2`` for numpy storages: a strided copy; torch storages go to torch."""
-    if not isinstance(storage, np.ndarray):
-        import torch._utils
-
-        return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, *rest)
-    size, stride = tuple(int(x) for x in size), tuple(int(x) for x in stride)
-    n = 1
-    for x in size:
-        n *= x
-    contiguous, step = True, 1
-    for sz, st in zip(reversed(size), reversed(stride)):
-        if sz != 1 and st != step:
-            contiguous = False
-            break
-        step *= sz
-    if contiguous and offset + n <= storage.size:
-        return storage[offset:offset + n].reshape(size)
-    n_needed = offset + (sum((s - 1) * st for s, st in zip(size, stride)) + 1 if all(size) else 0)
-    if n_needed > storage.size:
-        raise pickle.UnpicklingError(f"tensor of shape {size} needs {n_needed} elements, storage has {storage.size}")
-    view = np.lib.stride_tricks.as_strided(storage[offset:], shape=size,
-                                           strides=tuple(st * storage.itemsize for st in stride))
-    return np.array(view)
-
-
-class _Unpickler(pickle.Unpickler):
-    """Unpickler for OC LMDB values: PyG classes become :class:`_PygState`; tensors become numpy
-    arrays (decoded here, without torch, when in the usual layout); only torch, numpy and plain
-    containers may otherwise be constructed."""
-
-    def find_class(self, module, name):
-        if module.split(".")[0] == "torch_geometric":
-            return _PygState
-        if (module, name) == ("torch.storage", "_load_from_bytes"):
-            return storage_from_bytes
-        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-            return rebuild_tensor
-        if module in ("builtins", "__builtin__"):
-            if name in _SAFE_BUILTINS:
-                return super().find_class(module, name)
-        elif module.split(".")[0] in ("torch", "numpy", "collections", "copyreg", "_codecs"):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+def _unpickle(raw: bytes):
+    """An LMDB value or key: PyG classes become :class:`~atomsift.safeload.Inert` stand-ins,
+    tensors numpy arrays; any other class or callable is refused (nothing runs)."""
+    return safeload.loads(raw, stand_ins=PYG)
 
 
 def data_fields(obj) -> dict:
     """The attribute dict of an unpickled ``Data`` (PyG 2: ``_store._mapping``; PyG < 2: ``__dict__``)."""
     if isinstance(obj, dict):
         return obj
-    if isinstance(obj, _PygState):
-        st = obj._state
+    if isinstance(obj, safeload.Inert) and obj.pickled_name.startswith("torch_geometric."):
+        st = obj.fields()
         store = st.get("_store")
-        if isinstance(store, _PygState):
-            return dict(store._state.get("_mapping", {}))
+        if isinstance(store, safeload.Inert):
+            mapping = store.fields().get("_mapping", {})
+            return dict(mapping) if isinstance(mapping, dict) else {}
         if isinstance(store, dict):
             return dict(store.get("_mapping", store))
-        return {k: v for k, v in st.items() if not k.startswith("_") and v is not None}
-    raise TypeError(f"unpickled a {type(obj).__name__}, expected torch_geometric Data")
+        return {k: v for k, v in st.items() if isinstance(k, str) and not k.startswith("_") and v is not None}
+    raise TypeError(f"unpickled a {type(obj).__name__ if not isinstance(obj, safeload.Inert) else obj.pickled_name}, "
+                    "expected torch_geometric Data")
 
 
 def _array(v) -> np.ndarray | None:
@@ -369,9 +244,9 @@ def lmdb_length(env, path) -> int:
         if raw is None:
             return int(env.stat()["entries"])
     try:
-        n = sid_key(_Unpickler(io.BytesIO(raw)).load())
+        n = sid_key(_unpickle(raw))
     except Exception as exc:
-        raise InputError(f"cannot unpickle ({one_line(exc)})", path=path, field="length") from None
+        raise InputError(f"cannot unpickle ({safeload.describe(exc)})", path=path, field="length") from None
     if not isinstance(n, int) or n < 0:
         raise InputError(f"not a count: {n!r}", path=path, field="length")
     return n
@@ -443,9 +318,9 @@ def iter_lmdb(path: Path, limit: int | None = None):
                     if raw is None:
                         raise InputError(f"missing entry (length says {n})", path=path, field=f"key {k}")
                     try:
-                        fields = data_fields(_Unpickler(io.BytesIO(raw)).load())
+                        fields = data_fields(_unpickle(raw))
                     except Exception as exc:
-                        raise InputError(f"cannot unpickle ({type(exc).__name__}: {one_line(exc)})", path=path,
+                        raise InputError(f"cannot unpickle ({safeload.describe(exc)})", path=path,
                                          field=f"key {k}") from None
                     yield k, fields
             i = stop
