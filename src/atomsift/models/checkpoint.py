@@ -2,7 +2,8 @@
 
 Our format is a plain ``torch.save`` of ``{"format": "atomsift-model", "version": 2, "config":
 {...}, "state_dict": {...}, "meta": {...}}`` (dicts, strings, numbers, tensors only: no pickled
-classes), so it loads with ``torch.load(weights_only=True)``.
+classes); every file is read through :mod:`atomsift.safeload`, which never calls a callable it does
+not allow.
 
 JMP's ``jmp-s.pt`` / ``jmp-l.pt`` (JMP.md §2) are mapped key by key: ``embedding.atom_embedding.weight``
 -> ``embedding.weight``; ``backbone.*`` unchanged except the deterministic radial-basis buffers
