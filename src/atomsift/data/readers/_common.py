@@ -164,8 +164,12 @@ def open_npz(path: str | Path):
     """``np.load`` an .npz without unpickling; a truncated or non-zip file is a one-line InputError.
 
     Object arrays (pickled metadata in old sGDML files) are never loaded: reading one raises,
-    which :func:`npz_array` reports, and the readers only read numeric keys.
+    which :func:`npz_array` reports, and the readers only read numeric keys. Every member's
+    header is checked against the member's size first (:func:`atomsift.safeio.check_npz`).
     """
+    from atomsift.safeio import check_npz
+
+    check_npz(path)  # a member header claiming more than the member holds: one line, not a MemoryError
     try:
         npz = np.load(path, allow_pickle=False)
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
