@@ -139,10 +139,11 @@ def atomic_paths(*paths: str | Path) -> Iterator[list[Path]]:
         yield tmps
         publish_together(list(zip(tmps, finals)))
     except OSError as exc:
-        for final, tmp in zip(finals, tmps):
-            err = write_error(exc, final, tmp)
-            if err is not None:
-                raise err from None
+        # name the output whose temporary failed; a disk error without a file name: the first
+        named = [f for f, t in zip(finals, tmps) if str(getattr(exc, "filename", None)) == str(t)] or finals[:1]
+        err = write_error(exc, named[0], tmps[finals.index(named[0])] if len(tmps) > finals.index(named[0]) else None)
+        if err is not None:
+            raise err from None
         raise
     finally:
         for lock in locks:

@@ -283,14 +283,15 @@ def _select(args) -> int:
     if not spec:
         raise InputError("the upstream sidecar records no extractor; pass --extractor", path=cands[0].path, field="extractor")
     agg = meta0.get("aggregation", "flat")
+    # the user's structures are read and checked before the extractor is loaded (seconds of torch)
+    name, family, batches, n_struct = read_data(args.data, args.n, args.seed, split=args.split, min_atoms=args.min_atoms)
+    family = args.dataset or family
     ex = load_extractor(spec)
     sha = getattr(ex, "sha256", None)
     for c in cands:
         if c.sha256 and sha and c.sha256 != sha:
             raise InputError(f"extractor {spec} has sha256 {sha[:12]}, but these moments were computed with "
                              f"{c.meta.get('extractor')} (sha256 {c.sha256[:12]})", path=c.path, field="extractor_sha256")
-    name, family, batches, n_struct = read_data(args.data, args.n, args.seed, split=args.split, min_atoms=args.min_atoms)
-    family = args.dataset or family
 
     def tagged(bs):
         for b in batches(bs):

@@ -337,7 +337,7 @@ def check_n(n, name: str) -> int:
         raise InputError(f"{name}: --n must be a positive integer, got {n}", field="n")
     if n_int > MAX_N:
         raise InputError(f"{name}: --n must be at most {MAX_N:,} (a mini-universe analog; labelling costs 1-500 ms "
-                         f"per structure), got {n_int:,}", field="n")
+                         f"per structure), got {n_int}", field="n")
     return n_int
 
 

@@ -141,6 +141,29 @@ def h5_dataset(group, key: str, path, *, kind: str = "f", ndim: int | None = Non
     return _h5_read(did, group, key, path, dshape, dtype)
 
 
+def h5_attr_string(group, key: str, attr: str, path) -> str | None:
+    """The string attribute ``attr`` of dataset ``group[key]`` (SPICE ``units``), None when the
+    dataset or the attribute is absent. Low-level calls: ~0.1 ms, a third of h5py's ``.attrs``."""
+    import h5py
+
+    try:
+        did = h5py.h5d.open(group.id, key.encode())
+    except (KeyError, ValueError, OSError, RuntimeError, TypeError):
+        return None  # a missing dataset is reported where it is read
+    try:
+        if not h5py.h5a.exists(did, attr.encode()):
+            return None
+        aid = h5py.h5a.open(did, attr.encode())
+        value = np.zeros(aid.shape, dtype=aid.dtype)
+        aid.read(value)
+    except (KeyError, ValueError, OSError, RuntimeError, TypeError) as exc:
+        raise InputError(f"cannot read attribute '{attr}' ({one_line(exc)})", path=path, field=h5_field(group, key)) from None
+    v = value.reshape(-1)[0] if value.size == 1 else value
+    if isinstance(v, (bytes, np.bytes_)):
+        return bytes(v).decode("utf-8", "replace")
+    return str(v)
+
+
 def h5_string(group, key: str, path, *, required: bool = False) -> str | None:
     """A scalar or (1,) string dataset (SPICE ``subset``/``smiles``) decoded to str."""
     did = _h5_open(group, key, path, required)
