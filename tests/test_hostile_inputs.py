@@ -168,6 +168,18 @@ def test_moments_file_with_a_forged_covariance_header(tmp_path):
     assert res.stdout == ""
 
 
+def test_hdf5_dataset_claiming_more_than_memory(tmp_path):
+    """A chunked HDF5 dataset may declare any extent while storing nothing (a 30 kB file here)."""
+    src = F.write_spice(tmp_path / "spice.h5")
+    with h5py.File(src, "a") as f:
+        del f["103147721"]["conformations"]
+        f["103147721"].create_dataset("conformations", shape=(10**10, 14, 3), dtype="f4", chunks=(1, 14, 3))
+    out = tmp_path / "store"
+    refused(atomsift("prepare", "spice", "--source", src, "--out", out), src, "field '103147721/conformations'",
+            "dataset claims shape (10000000000, 14, 3) of float32 (1680000000000 bytes), more than this machine's memory")
+    nothing_left(out)
+
+
 @pytest.mark.parametrize("argv, field", [
     (["generate", "rmd17-mini", "--n", str(10**12), "--out", "OUT"], "field 'n'"),
     (["moments", "--store", "STORE", "--extractor", "random-tiny-0", "--n", str(10**12), "--out", "OUT"], "field '--n'"),

@@ -23,7 +23,7 @@ from typing import Iterator
 from atomsift.errors import InputError
 
 # errors of the disk rather than of the caller: reported as "cannot write FINAL"
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 def temp_sibling(path: str | Path, suffix: str = "") -> Path:
@@ -139,9 +139,11 @@ def atomic_paths(*paths: str | Path) -> Iterator[list[Path]]:
         yield tmps
         publish_together(list(zip(tmps, finals)))
     except OSError as exc:
-        # name the output whose temporary failed; a disk error without a file name: the first
-        named = [f for f, t in zip(finals, tmps) if str(getattr(exc, "filename", None)) == str(t)] or finals[:1]
-        err = write_error(exc, named[0], tmps[finals.index(named[0])] if len(tmps) > finals.index(named[0]) else None)
+        err = None
+        for final, tmp in zip(finals, tmps):  # the output whose temporary failed
+            if str(getattr(exc, "filename", None)) == str(tmp):
+                err = write_error(exc, final, tmp)
+        err = err or write_error(exc, finals[0])  # a disk error without a file name: the first output
         if err is not None:
             raise err from None
         raise

@@ -730,8 +730,9 @@ class Store:
             k = len(self.classes)
             raise InputError(f"structure {s}: class index {int(ci[s])} outside -1..{k - 1} (classes.json has {k} "
                              "labels; damaged store)", path=self.path / "class_index.npy", field="class_index")
-        for name in self.split_names():
-            self._splits[name] = _read_split(self.path / "splits" / f"{name}.npy", n)
+        d = self.path / "splits"
+        for f in sorted(d.glob("*.npy")) if d.is_dir() else []:
+            self._splits[f.stem] = _read_split(f, n)
 
     def has(self, name: str) -> bool:
         return name in self.fields
@@ -820,8 +821,7 @@ class Store:
     # -- subsets and splits
 
     def split_names(self) -> list[str]:
-        d = self.path / "splits"
-        return sorted(p.stem for p in d.glob("*.npy")) if d.is_dir() else []
+        return sorted(self._splits)
 
     def split(self, name: str) -> np.ndarray:
         idx = self._splits.get(name)

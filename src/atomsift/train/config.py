@@ -15,12 +15,13 @@ be ``true``/``false``; integers may be written as integral floats (``2.0e6``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import types
+import typing
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
-
-import dataclasses
-from functools import cache
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError, create_model, model_validator
 from pydantic.dataclasses import dataclass
@@ -77,7 +78,7 @@ def Float(**bounds):  # noqa: N802 - a type
 
 Bool = Annotated[bool, Strict()]
 Str = Annotated[str, Strict()]
-Pair = Annotated[tuple[Float(), Float()], BeforeValidator(_pair)]
+Betas = Annotated[tuple[Float(ge=0, lt=1), Float(ge=0, lt=1)], BeforeValidator(_pair)]  # AdamW's (beta1, beta2)
 
 
 # Run files are pydantic *dataclasses*: validated like models, and still plain dataclasses for the
@@ -176,7 +177,7 @@ class PretrainConfig(RuntimeConfig):
     warmup_start_factor: Float(gt=0, le=1) = 0.2
     min_lr_factor: Float(gt=0, le=1) = 0.1
     weight_decay: Float(ge=0) = 0.1
-    betas: Pair = (0.9, 0.95)
+    betas: Betas = (0.9, 0.95)
     grad_clip_norm: Float(gt=0) = 1.0
     ema_decay: Float(ge=0, lt=1) = 0.99
     """0 disables EMA"""
@@ -210,7 +211,6 @@ class PretrainConfig(RuntimeConfig):
         _check(self.n_structures >= len(u.stores), "n_structures", f"must be at least the number of stores ({len(u.stores)})")
         _check(not (self.warmup_steps is not None and self.warmup_fraction is not None), "warmup_fraction",
                "give warmup_steps or warmup_fraction, not both")
-        _check(all(0 <= b < 1 for b in self.betas), "betas", "each must be in [0, 1)")
         return self
 
 
@@ -241,7 +241,7 @@ class FinetuneConfig(RuntimeConfig):
     val_batch_size: Optional[Int(ge=1)] = None
     lr: Float(gt=0) = 8.0e-5
     weight_decay: Float(ge=0) = 0.1
-    betas: Pair = (0.9, 0.95)
+    betas: Betas = (0.9, 0.95)
     grad_clip_value: Float(gt=0) = 1.0
     warmup_epochs: Float(ge=0) = 0.0
     warmup_start_factor: Float(gt=0, le=1) = 0.1
@@ -268,7 +268,6 @@ class FinetuneConfig(RuntimeConfig):
         _check(set(self.splits) == {"train", "val", "test"}, "splits", "must map exactly train, val and test to split names")
         _check(self.block_lr_scales is None or len(self.block_lr_scales) >= 1, "block_lr_scales",
                "must be a non-empty list of positive numbers")
-        _check(all(0 <= b < 1 for b in self.betas), "betas", "each must be in [0, 1)")
         if RECIPES[self.task].kind == "forces":
             _check(self.target is None, "target", f"task {self.task} learns forces: it takes no target (valid targets: "
                    "none; remove the key)")
@@ -327,8 +326,6 @@ def _bounds(info) -> str | None:
 
 def _metadata(info) -> list:
     """Constraint objects of a field, looking through Optional[...] and Annotated[...]."""
-    import typing
-
     out = list(info.metadata)
     stack = [info.annotation]
     while stack:
@@ -339,7 +336,7 @@ def _metadata(info) -> list:
             for a in args[1:]:
                 out.append(a)
                 out.extend(getattr(a, "metadata", []))
-        elif typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        elif typing.get_origin(tp) in (typing.Union, types.UnionType):
             stack.extend(typing.get_args(tp))
     return out
 

@@ -105,11 +105,28 @@ def _h5_open(group, key: str, path, required: bool):
     raise InputError("cannot open the dataset", path=path, field=h5_field(group, key))
 
 
+def memory_bytes() -> int:
+    """Physical memory of this machine (a bound no single array we allocate may exceed)."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
 def _h5_read(did, group, key: str, path, shape=None, dtype=None) -> np.ndarray:
     import h5py
 
+    shape = did.shape if shape is None else shape
+    dtype = did.dtype if dtype is None else dtype
+    # a chunked dataset may declare any extent and store nothing: bound the allocation first
+    need = int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
+    if need > memory_bytes():
+        raise InputError(f"dataset claims shape {tuple(shape)} of {np.dtype(dtype)} ({need} bytes), more than this "
+                         f"machine's memory ({memory_bytes()} bytes)", path=path, field=h5_field(group, key))
     try:  # shape and dtype each cost an HDF5 call: pass them when known
-        arr = np.empty(did.shape if shape is None else shape, dtype=did.dtype if dtype is None else dtype)
+        arr = np.empty(shape, dtype=dtype)
         did.read(h5py.h5s.ALL, h5py.h5s.ALL, arr)
     except (OSError, RuntimeError, ValueError, TypeError) as exc:  # truncated data blocks, bad filters
         raise InputError(f"cannot read ({one_line(exc)})", path=path, field=h5_field(group, key)) from None

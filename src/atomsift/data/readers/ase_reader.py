@@ -92,11 +92,12 @@ def check_xyz_counts(src: Path, fmt: str) -> None:
             except ValueError:
                 return  # not a count: ASE's own error names it
             if natoms < 0:
-                raise InputError(f"frame {frame} (line {line_no + 1}): header claims {natoms} atoms", path=src, field="natoms")
+                raise InputError(f"cannot read as {fmt}: frame {frame} (line {line_no + 1}): header claims {natoms} atoms",
+                                 path=src, field="natoms")
             left = total - line_no - 2  # lines after the header and the comment line
             if natoms > left:
-                raise InputError(f"frame {frame} (line {line_no + 1}): header claims {natoms} atoms but the file has "
-                                 f"{max(left, 0)} more lines (truncated or corrupt)", path=src, field="natoms")
+                raise InputError(f"cannot read as {fmt}: frame {frame} (line {line_no + 1}): header claims {natoms} atoms "
+                                 f"but the file has {max(left, 0)} more lines (truncated or corrupt)", path=src, field="natoms")
             deque(islice(fh, natoms + 1), maxlen=0)  # the comment and atom lines, skipped in C
             line_no += natoms + 2
             line = fh.readline()
