@@ -713,9 +713,9 @@ class Store:
         if off[0] != 0 or off[-1] != self.manifest["counts"]["n_atoms"]:
             raise InputError(f"must run from 0 to n_atoms={self.manifest['counts']['n_atoms']}, got {int(off[0])}.."
                              f"{int(off[-1])} (damaged store)", path=p)
-        bad = np.flatnonzero(np.diff(off) <= 0)
-        if bad.size:
-            i = int(bad[0])
+        bad = off[1:] <= off[:-1]  # no int64 temporary (np.diff would allocate one per open)
+        if bad.any():
+            i = int(np.argmax(bad))
             raise InputError(f"structure {i}: offsets {int(off[i])}..{int(off[i + 1])} are not increasing "
                              "(every structure has at least one atom; damaged store)", path=p)
         z = self.array("numbers")
