@@ -279,13 +279,36 @@ def test_spice_units_checked_on_every_group(tmp_path):
     nothing_left(out)
 
 
-@pytest.mark.parametrize("verb", ["pretrain", "finetune"])
-def test_run_file_that_is_not_utf8(tmp_path, verb):
+_EXTRA = {"finetune": ["--pretrained", "none"]}
+
+
+@pytest.mark.parametrize("verb", ["pretrain", "finetune", "table", "figure", "report"])
+def test_run_file_or_spec_that_is_not_utf8(tmp_path, verb):
     run = tmp_path / "run.yaml"
     run.write_bytes(b"task: qm9\nstore: \xff\xfe\n")
     out = tmp_path / "out"
-    extra = ["--pretrained", "none"] if verb == "finetune" else []
-    refused(atomsift(verb, "--config", run, *extra, "--out", out), run, "not UTF-8 text (byte 0xff at offset 17)")
+    refused(atomsift(verb, "--config", run, *_EXTRA.get(verb, []), "--out", out), run,
+            "not UTF-8 text (byte 0xff at offset 17)")
+    nothing_left(out)
+
+
+def test_tables_and_manifests_that_are_not_utf8(tmp_path):
+    csv_ = tmp_path / "csi.csv"
+    csv_.write_bytes(b"extractor,sampling,agg,upstream,downstream,csi,seed\ne,balanced,flat,\xff,d,1.0,0\n")
+    out = tmp_path / "fig.png"
+    refused(atomsift("csi-figure", "--table", csv_, "--out", out), csv_, "not UTF-8 text (byte 0xff at offset 68)")
+    nothing_left(out)
+    store = make_store(tmp_path / "s")
+    (store / "manifest.json").write_bytes(b'{"format": "\xff"}')
+    refused(atomsift("info", store), store / "manifest.json", "manifest is not valid JSON (UnicodeDecodeError)")
+
+
+@pytest.mark.parametrize("verb", ["pretrain", "report"])
+def test_invalid_yaml_is_one_line(tmp_path, verb):
+    run = tmp_path / "run.yaml"
+    run.write_text("upstream: {stores: [a\n")  # PyYAML's own message spans several lines
+    out = tmp_path / "out"
+    refused(atomsift(verb, "--config", run, "--out", out), run, "not valid YAML at line 2")
     nothing_left(out)
 
 

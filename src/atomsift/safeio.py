@@ -1,4 +1,5 @@
-"""Bounded reading of the NumPy files a user hands us (``.npy``, ``.npz``).
+"""Bounded reading of the files a user hands us: NumPy files (``.npy``, ``.npz``) and YAML
+mappings (run files, the DAG's specs).
 
 ``np.load`` trusts the header of an ``.npy`` (and of each ``.npy`` inside an ``.npz``): a header
 that claims a shape of 10^12 rows makes it allocate the whole array before reading a byte, which
@@ -105,3 +106,45 @@ def check_npz(path: str | Path) -> None:
             if dtype.hasobject:
                 continue  # a pickled member (old sGDML metadata): never loaded, np.load refuses it on access
             _check_claim(shape, dtype, info.file_size - hlen, p, key)
+
+
+def read_yaml_mapping(path: str | Path, *, what: str = "run file", max_bytes: int = 1 << 20) -> dict:
+    """The YAML mapping in ``path``: at most ``max_bytes``, UTF-8, valid YAML (safe loader: no
+    Python objects), a mapping at the top level (empty file: {}); anything else is one InputError."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{what} does not exist", path=p)
+    size = p.stat().st_size
+    if size > max_bytes:
+        raise InputError(f"{size} bytes: too large for a {what} (at most {max_bytes})", path=p)
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})", path=p) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None)
+        raise InputError(f"not valid YAML{where}" + (f" ({problem})" if problem else ""), path=p) from None
+    except RecursionError:
+        raise InputError("not valid YAML (nested too deeply)", path=p) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InputError("expected a mapping of keys at the top level", path=p)
+    return data
+
+
+def read_text(path: str | Path) -> str:
+    """The UTF-8 text of ``path`` (a CSV or JSON the verbs read); a file that is not UTF-8 is one
+    InputError naming it (a missing file raises FileNotFoundError, for the caller's message)."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})", path=path) from None

@@ -17,6 +17,7 @@ from atomsift.csi.frechet import frechet_distance
 from atomsift.csi.moments import Moments, load_moments, load_sidecar, sidecar_path
 from atomsift.errors import InputError
 from atomsift.fsio import write_text
+from atomsift.safeio import read_text
 
 TABLE_COLUMNS = ("extractor", "sampling", "agg", "upstream", "downstream", "csi", "seed")
 
@@ -229,7 +230,7 @@ def read_table(path: str | Path) -> list[dict]:
     p = Path(path)
     if not p.is_file():
         raise InputError("CSI table does not exist", path=p)
-    with open(p, newline="") as fh:
+    with io.StringIO(read_text(p), newline="") as fh:
         reader = csv.DictReader(fh)
         cols = reader.fieldnames or []
         for c in ("upstream", "downstream", "csi"):

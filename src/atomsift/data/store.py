@@ -640,10 +640,11 @@ class Store:
         if not mpath.exists():
             raise InputError("not an atomsift store (no manifest.json)", path=self.path)
         try:
-            with open(mpath) as fh:
-                self.manifest = json.load(fh)
+            self.manifest = json.loads(mpath.read_bytes())
         except json.JSONDecodeError as exc:
             raise InputError(f"manifest is not valid JSON ({exc.msg} at line {exc.lineno})", path=mpath) from None
+        except (UnicodeDecodeError, RecursionError) as exc:
+            raise InputError(f"manifest is not valid JSON ({type(exc).__name__})", path=mpath) from None
         if not isinstance(self.manifest, dict):
             raise InputError("not an atomsift store manifest (not a JSON object)", path=mpath)
         if self.manifest.get("format") != FORMAT_NAME:

@@ -420,31 +420,9 @@ def _build(model: type, data, path: Path):
 
 
 def _read_yaml(path: str | Path) -> tuple[Path, dict]:
-    import yaml
+    from atomsift.safeio import read_yaml_mapping
 
-    p = Path(path)
-    if not p.is_file():
-        raise InputError("run file does not exist", path=p)
-    if p.stat().st_size > MAX_RUN_FILE_BYTES:
-        raise InputError(f"{p.stat().st_size} bytes: too large for a run file (at most {MAX_RUN_FILE_BYTES})", path=p)
-    raw = p.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})", path=p) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise InputError(f"not valid YAML{where}", path=p) from None
-    except RecursionError:
-        raise InputError("not valid YAML (nested too deeply)", path=p) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise InputError("expected a mapping of keys at the top level", path=p)
-    return p, data
+    return Path(path), read_yaml_mapping(path, what="run file", max_bytes=MAX_RUN_FILE_BYTES)
 
 
 def load_pretrain_config(path: str | Path) -> PretrainConfig:
