@@ -659,7 +659,7 @@ def test_config_and_verbs_reject_the_same_things_with_the_same_message(tmp_path,
 
 
 def test_grid_keys_in_options_are_refused():
-    with pytest.raises(InputError, match=r"field 'pretrain.options.epochs': set by the grid \(the budgets \(E of NxE\)\)"):
+    with pytest.raises(InputError, match=r"field 'pretrain.options.epochs': set by the grid \(budgets: E of NxE\), not by options"):
         G.validate_config(_config(lambda c: c["pretrain"]["options"].__setitem__("epochs", 3)),
                           str(SCHEMAS / "config.schema.yaml"), "config.yaml")
 

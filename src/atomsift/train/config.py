@@ -456,7 +456,7 @@ def to_dict(c) -> dict:
 # not set them, or a budget's label and the run would disagree.
 GRID_KEYS = {
     "pretrain": {"size": "backbones.*.size", "seed": "pretrain.seed", "upstream": "upstreams",
-                 "n_structures": "the budgets (N of NxE)", "epochs": "the budgets (E of NxE)"},
+                 "n_structures": "budgets: N of NxE", "epochs": "budgets: E of NxE"},
     "finetune": {"task": "tasks.*.recipe", "store": "tasks.*.dataset", "target": "tasks.*.target",
                  "size": "backbones.*.size", "seed": "finetune.seeds"},
 }
@@ -465,7 +465,7 @@ RUN_MODELS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
 
 def _options_model(verb: str) -> type[BaseModel]:
     """The run file's keys minus the grid's, each with its type, bounds and default, all optional
-    and checked one by one (checks across keys run on the whole run file, :func:`check_run_files`)."""
+    and checked one by one (checks across keys run on whole run files: :func:`check_run_file`)."""
     model = RUN_MODELS[verb]
     fields = {name: (info.annotation, info) for name, info in _fields(model).items() if name not in GRID_KEYS[verb]}
     return create_model(f"{model.__name__}Options", __config__=ConfigDict(extra="forbid", use_attribute_docstrings=True),
