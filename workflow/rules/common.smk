@@ -24,8 +24,10 @@ CONFIG_SOURCE = ", ".join(CONFIG_FILES)
 
 # validate() with a one-line message naming the field (snakemake.utils.validate dumps the
 # whole schema); the code reads optional keys with their schema defaults.
+# the options blocks refer to run-options.schema.json, generated from the run files' definition
+SCHEMAS = {name: workflow.source_path(f"../schemas/{name}") for name in ("config.schema.yaml", "run-options.schema.json")}
 try:
-    G.validate_config(config, workflow.source_path("../schemas/config.schema.yaml"), CONFIG_SOURCE)
+    G.validate_config(config, SCHEMAS["config.schema.yaml"], CONFIG_SOURCE, refs=SCHEMAS)
 except InputError as err:
     # one line, no traceback: the message names the file and the field
     print(f"invalid configuration: {err}", file=sys.stderr)

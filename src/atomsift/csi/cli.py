@@ -100,6 +100,22 @@ def _positive(value: int, name: str) -> None:
         raise InputError(f"must be positive, got {value}", field=name)
 
 
+def _sample_size(value: int, name: str = "--n") -> None:
+    """A positive sample size below :data:`atomsift.csi.sampling.MAX_SAMPLE` (bounded before the
+    samplers allocate index arrays of that length)."""
+    from atomsift.csi.sampling import check_sample_size
+
+    check_sample_size(value, name)
+
+
+def _output(path, moments: bool = True) -> None:
+    """Refuse an output that cannot be published (a directory, ...) before any work."""
+    from atomsift.csi.moments import sidecar_path
+    from atomsift.fsio import check_output_file
+
+    check_output_file(path, *([sidecar_path(path)] if moments else []))
+
+
 def _moments(args) -> int:
     import time
 
@@ -112,8 +128,9 @@ def _moments(args) -> int:
     from atomsift.csi.sampling import sample_store
     from atomsift.data.store import Store
 
-    _positive(args.n, "--n")
+    _sample_size(args.n)
     _positive(args.batch_size, "--batch-size")
+    _output(args.out)
     store = Store(args.store)
     split = args.split if (store.split_names() or args.split != "train") else None
     idx = sample_store(store, args.sampling, args.n, args.seed, split=split, min_atoms=args.min_atoms)
@@ -180,6 +197,7 @@ def _merge(args) -> int:
     from atomsift.csi.moments import load_moments, save_moments, sidecar_path
     from atomsift.errors import InputError
 
+    _output(args.out)
     total, meta0, seen = None, None, set()
     for path in args.parts:
         m, meta = load_moments(path)
@@ -249,8 +267,10 @@ def _select(args) -> int:
     from atomsift.csi.select import check_compatible, default_candidates, load_candidates, parse_named, rank, read_data, recommendation
     from atomsift.errors import InputError
 
-    _positive(args.n, "--n")
+    _sample_size(args.n)
     _positive(args.batch_size, "--batch-size")
+    if args.save_moments:
+        _output(args.save_moments)
     named = parse_named(args.upstream)
     if not named and args.upstream_dir is None:
         named = default_candidates(extractor=args.extractor)
@@ -263,14 +283,15 @@ def _select(args) -> int:
     if not spec:
         raise InputError("the upstream sidecar records no extractor; pass --extractor", path=cands[0].path, field="extractor")
     agg = meta0.get("aggregation", "flat")
+    # the user's structures are read and checked before the extractor is loaded (seconds of torch)
+    name, family, batches, n_struct = read_data(args.data, args.n, args.seed, split=args.split, min_atoms=args.min_atoms)
+    family = args.dataset or family
     ex = load_extractor(spec)
     sha = getattr(ex, "sha256", None)
     for c in cands:
         if c.sha256 and sha and c.sha256 != sha:
             raise InputError(f"extractor {spec} has sha256 {sha[:12]}, but these moments were computed with "
                              f"{c.meta.get('extractor')} (sha256 {c.sha256[:12]})", path=c.path, field="extractor_sha256")
-    name, family, batches, n_struct = read_data(args.data, args.n, args.seed, split=args.split, min_atoms=args.min_atoms)
-    family = args.dataset or family
 
     def tagged(bs):
         for b in batches(bs):
@@ -310,6 +331,7 @@ def _table(args) -> int:
     from atomsift.cli import print_json
     from atomsift.csi.select import load_candidates, parse_named, read_table, table_rows, write_csv
 
+    _output(args.out, moments=False)
     ups = load_candidates(parse_named(args.upstream, "--upstream"))
     downs = load_candidates(parse_named(args.downstream, "--downstream"))
     rows = table_rows(ups, downs)
@@ -350,7 +372,9 @@ def _coverage(args) -> int:
     from atomsift.csi.sampling import store_coverage
     from atomsift.data.store import Store
 
-    _positive(args.n, "--n")
+    _sample_size(args.n)
+    if args.out:
+        _output(args.out, moments=False)
     store = Store(args.store)
     split = args.split if (store.split_names() or args.split != "train") else None
     res = store_coverage(store, args.n, args.seed, split=split)
