@@ -11,7 +11,8 @@ def register(sub) -> None:
                        description="Run an extractor over a sample of a store and save the float64 moments of its "
                                    "features (M.npz: n, mean, cov) with a JSON sidecar M.npz.json.")
     p.add_argument("--store", required=True, help="store directory")
-    p.add_argument("--extractor", required=True, help="checkpoint path or random-<size>-<seed>")
+    p.add_argument("--extractor", required=True, help="checkpoint path, random-<size>-<seed>, eqv2:PATH (EquiformerV2, "
+                                                      "the paper's extractor) or eqv2:random-<config>-<seed>")
     p.add_argument("--sampling", choices=("balanced", "random"), default="balanced",
                    help="balanced: the paper's class-balanced upstream sampler; random: a seeded random subset (default: balanced)")
     p.add_argument("--n", type=int, default=10_000, help="structures to sample (default: 10000, as the paper)")
@@ -148,6 +149,7 @@ def _moments(args) -> int:
         "min_atoms": int(args.min_atoms),
         "edge_dropout": float(args.edge_dropout),
         "dim": m.dim,
+        "n_skipped_structures": int(getattr(ex, "skipped", 0)),
         "seconds": round(time.perf_counter() - t0, 3),
         "atomsift_version": __version__,
     }
