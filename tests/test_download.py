@@ -182,3 +182,14 @@ def test_release_table_is_complete():
                 assert f.sha256 is None or len(f.sha256) == 64
                 assert f.md5 is None or len(f.md5) == 32
     assert len(DATASETS["md22"].files) == 7 and len(DATASETS["matbench"].files) == 9
+    # the public model checkpoints (JMP's README, fairchem's model table); none publishes a checksum
+    models = {k: r.kind for k, r in DATASETS.items() if r.kind != "dataset"}
+    assert models == {"jmp-s": "jmp", "jmp-l": "jmp", "eqv2-31m": "eqv2"}
+    assert DATASETS["eqv2-31m"].files["checkpoint"][0].url.endswith("/2023_06/oc20/s2ef/eq2_31M_ec4_allmd.pt")
+
+
+def test_cli_downloads_a_model_checkpoint(server, tmp_path, capsys):
+    server.files["/jmp-s.pt"] = PAYLOAD
+    rc = main(["download", "jmp-s", "--dest", str(tmp_path / "ck"), "--url", server.url + "/jmp-s.pt"])
+    assert rc == 0 and (tmp_path / "ck" / "jmp-s.pt").read_bytes() == PAYLOAD
+    assert "atomsift moments --extractor DEST/jmp-s.pt" in capsys.readouterr().out

@@ -106,6 +106,10 @@ class EquiformerV2Extractor:
         self.dim = model.feature_dim
         self.skipped = 0  # structures ``keep`` has turned away so far
 
+    def to(self, device) -> "EquiformerV2Extractor":
+        self.model.to(device)
+        return self
+
     def keep(self, batch) -> Tensor:
         """(B,) True for the structures the extractor can describe (every Z < max_num_elements)."""
         too_heavy = (batch.numbers >= self.model.config.max_num_elements).long()
@@ -168,6 +172,7 @@ def read_checkpoint(path: Path) -> object:
     except Exception as exc:
         first = str(exc).strip().splitlines()
         reason = next((ln.strip() for ln in first if "Unsupported global" in ln), first[0] if first else type(exc).__name__)
+        reason = reason.split(" was not an allowed global")[0].replace("WeightsUnpickler error: ", "")
         raise InputError(f"cannot be read as tensors and plain data (torch.load weights_only=True; nothing else is "
                          f"unpickled): {reason}", path=path) from None
 
