@@ -441,6 +441,14 @@ class EquiformerV2Backbone(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.num_layers))
         self.norm = EquivariantLayerNormSH(cfg.lmax, cfg.sphere_channels)
 
+    @classmethod
+    def from_checkpoint(cls, path) -> "EquiformerV2Backbone":
+        """The backbone of a fairchem EquiformerV2 checkpoint, e.g. ``eq2_31M_ec4_allmd.pt``
+        (strict; see :func:`atomsift.models.equiformer_v2.io.load_eqv2_checkpoint`)."""
+        from atomsift.models.equiformer_v2.io import load_eqv2_checkpoint
+
+        return load_eqv2_checkpoint(path)[0]
+
     @property
     def feature_dim(self) -> int:
         return (self.config.lmax + 1) ** 2 * self.config.sphere_channels
