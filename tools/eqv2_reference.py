@@ -157,24 +157,25 @@ def reference_features(model, batch, edge_index, cell_offset, roll_u) -> np.ndar
 
 
 def structures():
-    """Two molecules and a periodic slab, rattled so that no two neighbour distances tie."""
+    """Two molecules and a periodic slab, rattled. The slab's rattle (0.1 A, seed 30: the best of
+    60 seeds) leaves >= 0.01 A between every atom's 20th and 21st neighbours, so the graph is the
+    same under any tie convention (or tolerance below 0.01 A) at the cap."""
     from ase.build import add_adsorbate, fcc111, molecule
 
-    rng = np.random.default_rng(3)
     water = molecule("H2O")
     ethanol = molecule("CH3CH2OH")
     slab = fcc111("Pt", size=(2, 2, 2), vacuum=6.0, periodic=True)
     add_adsorbate(slab, "C", 1.9, "ontop")
     add_adsorbate(slab, "O", 3.05, "ontop")
     out = []
-    for a in (water, ethanol, slab):
+    for a, seed, amp in ((water, 3, 0.05), (ethanol, 4, 0.05), (slab, 30, 0.1)):
         a = a.copy()
-        a.positions = a.positions + rng.normal(scale=0.05, size=a.positions.shape)
+        a.positions = a.positions + np.random.default_rng(seed).normal(scale=amp, size=a.positions.shape)
         out.append(a)
     return out
 
 
-def check_no_ties(batch, cfg, tol: float = 2e-4) -> None:
+def check_no_ties(batch, cfg, tol: float = 0.01) -> None:
     """Every atom's 20th and 21st nearest candidate neighbours differ by more than ``tol`` A."""
     from atomsift.data.graphs import radius_graph
     from atomsift.models.equiformer_v2.io import structure_pbc
