@@ -289,3 +289,22 @@ def test_extractor_is_deterministic_and_batch_independent():
     assert dropped.shape == both.shape and not torch.allclose(dropped, both)
     with pytest.raises(InputError, match="unknown EquiformerV2 config 'huge'"):
         load_extractor("eqv2:random-huge-0")
+
+
+def test_device_choice_for_extractors():
+    """--device auto keeps every extractor where it can run; asking a CPU-only extractor (GemNet-OC)
+    or a machine without CUDA for CUDA is a one-line error."""
+    from atomsift.csi.cli import on_device
+    from atomsift.models import load_extractor
+
+    eq = on_device(load_extractor("eqv2:random-tiny-0"), "auto")
+    assert next(eq.model.parameters()).device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    gem = load_extractor("random-tiny-0")
+    assert on_device(gem, "auto") is gem and on_device(gem, "cpu") is gem
+    with pytest.raises(InputError, match="runs on the CPU only"):
+        on_device(gem, "cuda")
+    with pytest.raises(InputError, match="not a device: 'gpu0'"):
+        on_device(eq, "gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="CUDA is not available here"):
+            on_device(eq, "cuda")
