@@ -212,8 +212,9 @@ class Payload:
 def test_unsafe_or_unsupported_checkpoints_are_refused(tmp_path):
     path = tmp_path / "pickled_class.pt"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "extra": Payload()}, path)
-    with pytest.raises(InputError, match=r"pickled_class.pt: cannot be read as tensors and plain data .*Payload"):
+    with pytest.raises(InputError, match=r"pickled_class.pt: .*test_equiformer_v2.*Payload") as err:
         load_eqv2_checkpoint(path)
+    assert "\n" not in str(err.value)
     path = tmp_path / "gate.pt"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "config": {"model": {"use_gate_act": True, "lmax_list": [4, 4]}}}, path)
     with pytest.raises(InputError, match=r"field 'config': EquiformerV2 options not implemented here: use_gate_act=True"):

@@ -13,7 +13,8 @@ backbone parameter must be present with its shape, ``energy_block.*`` / ``force_
 heads) are dropped, the deterministic tables the checkpoint also stores (S2 grids, coefficient
 layouts, distance centres; duplicated in every block) are checked against ours and not loaded,
 and anything else is an error that lists the keys. Raw weights (not the EMA), as the paper.
-Files are read with ``torch.load(weights_only=True)``: nothing in them can run code.
+Files are read by the safe loader (``atomsift.safeload``; ``torch.load(weights_only=True)`` in a
+build without it): nothing in them can run code.
 """
 
 from __future__ import annotations
@@ -159,13 +160,20 @@ def load_eqv2_extractor(spec: str) -> EquiformerV2Extractor:
 
 
 def read_checkpoint(path: Path) -> object:
-    """``torch.load`` restricted to tensors and plain containers (``weights_only=True``; numpy
-    scalars and dtypes, plain data, allowed too). Anything else is refused, never unpickled."""
+    """The checkpoint's tensors and plain data, through the project's safe loader
+    (``atomsift.safeload``) where this build has it, else ``torch.load(weights_only=True)``
+    (numpy scalars and dtypes allowed too). Anything else is refused, never unpickled."""
     if not path.is_file():
         raise InputError("checkpoint does not exist", path=path)
     size = path.stat().st_size
     if size > MAX_CHECKPOINT_BYTES:
         raise InputError(f"{size} bytes is more than an EquiformerV2 checkpoint can be ({MAX_CHECKPOINT_BYTES})", path=path)
+    try:
+        from atomsift import safeload
+    except ImportError:  # a build without the safe loader (it landed beside this module)
+        safeload = None
+    if safeload is not None:
+        return safeload.load_torch(path)
     try:
         with torch.serialization.safe_globals(_numpy_data_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
