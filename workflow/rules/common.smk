@@ -38,6 +38,7 @@ PREPARED = [d for d, s in config["datasets"].items() if "prepare" in s]
 DOWNLOADED = [
     d for d, s in config["datasets"].items() if "prepare" in s and not s.get("source") and s.get("download")
 ]
+MODELS = G.models_downloaded(config)  # public checkpoints the extractors need
 TEMPLATE = "workflow/templates/run.yaml"
 ENV = "../../envs/atomsift.yaml"
 LOGS = f"{G.RESULTS}/logs"
@@ -60,6 +61,7 @@ wildcard_constraints:
     sampling=r"balanced|random",
     agg=r"flat|mean|sum|max",
     kind=r"id|ood",
+    model=r"[A-Za-z0-9][A-Za-z0-9.-]*",
 
 
 # ---- input functions ------------------------------------------------------------------------
@@ -106,6 +108,8 @@ def task_store(wildcards):
 
 def extractor_checkpoint(wildcards):
     spec = config["csi"]["extractors"][wildcards.extractor]
+    if "download" in spec:
+        return [G.model_dir(spec["download"])]
     return [G.extractor_spec(config, wildcards.extractor)] if "pretrained" in spec else []
 
 

@@ -185,8 +185,15 @@ def accumulate_batches(batches: Iterable, extractor: Callable, agg: str = "flat"
     if not 0.0 <= edge_dropout < 1.0:
         raise InputError(f"edge dropout must be in [0, 1), got {edge_dropout}", field="edge_dropout")
     acc = Accumulator()
+    keep = getattr(extractor, "keep", None)  # structures an extractor cannot describe (EquiformerV2: Z >= 90)
     with torch.inference_mode():
         for batch in batches:
+            if keep is not None:
+                mask = keep(batch)
+                if not bool(mask.all()):
+                    if not bool(mask.any()):
+                        continue
+                    batch = batch.select(mask)
             feats = _call(extractor, batch, edge_dropout)
             if feats.ndim != 2 or feats.shape[0] != batch.numbers.shape[0]:
                 raise RuntimeError(f"extractor returned shape {tuple(feats.shape)} for a batch of {batch.numbers.shape[0]} atoms")

@@ -35,8 +35,9 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_show)
 
-    p = sub.add_parser("download", help="fetch the official release files of a dataset (resumable, verified)")
-    p.add_argument("dataset", help="ani1x, transition1x, oc20, oc22, rmd17, md22, md17, spice, qm9, qmof, matbench")
+    p = sub.add_parser("download", help="fetch the official release files of a dataset or model (resumable, verified)")
+    p.add_argument("dataset", help="ani1x, transition1x, oc20, oc22, rmd17, md22, md17, spice, qm9, qmof, matbench; "
+                                   "model checkpoints jmp-s, jmp-l, eqv2-31m")
     p.add_argument("--dest", help="folder to write the files into (required unless --list)")
     p.add_argument("--subset", action="append", help="subset(s) to fetch (molecule, task, split; repeat or comma-separate; "
                    "default: the release's default set; --list shows them)")

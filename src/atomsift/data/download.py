@@ -50,6 +50,7 @@ class Release:
     files: dict[str, tuple[Remote, ...]]  # subset -> files
     default: tuple[str, ...]  # subsets fetched when none is named
     then: str  # what to do with the files (unpacking, the prepare command)
+    kind: str = "dataset"  # or the checkpoint family of a model: "jmp" (GemNet-OC), "eqv2" (EquiformerV2)
 
 
 _FB = "https://dl.fbaipublicfiles.com/opencatalystproject/data"
@@ -84,6 +85,12 @@ RMD17_MOLECULES = ("aspirin", "azobenzene", "benzene", "ethanol", "malonaldehyde
 MD22_MOLECULES = ("Ac-Ala3-NHMe", "DHA", "stachyose", "AT-AT", "AT-AT-CG-CG", "buckyball-catcher", "double-walled_nanotube")
 MD17_MOLECULES = {"aspirin": "aspirin", "benzene": "benzene2017", "ethanol": "ethanol", "malonaldehyde": "malonaldehyde",
                   "naphthalene": "naphthalene", "salicylic": "salicylic", "toluene": "toluene", "uracil": "uracil"}
+
+# Model checkpoints: JMP's README (jmp-iclr-datasets bucket) and fairchem's model table
+# (EquiformerV2 31M, OC20 S2EF All+MD: the paper's CSI extractor). Neither publishes sizes or
+# checksums, so only the transfer length is checked.
+_JMP = "https://jmp-iclr-datasets.s3.amazonaws.com"
+_EQV2_31M = "https://dl.fbaipublicfiles.com/opencatalystproject/models/2023_06/oc20/s2ef/eq2_31M_ec4_allmd.pt"
 
 DATASETS: dict[str, Release] = {
     "ani1x": Release(
@@ -128,6 +135,17 @@ DATASETS: dict[str, Release] = {
     "matbench": Release(
         {t: (Remote(f"{_MB}/matbench_{t}.json.gz", f"matbench_{t}.json.gz", sha256=h),) for t, h in _MATBENCH_SHA256.items()},
         tuple(_MATBENCH_SHA256), "atomsift prepare matbench --source DEST/matbench_TASK.json.gz --out STORE"),
+    "jmp-s": Release(
+        {"checkpoint": (Remote(f"{_JMP}/jmp-s.pt", "jmp-s.pt"),)},
+        ("checkpoint",), "atomsift moments --extractor DEST/jmp-s.pt ...; atomsift finetune --pretrained DEST/jmp-s.pt ...",
+        kind="jmp"),
+    "jmp-l": Release(
+        {"checkpoint": (Remote(f"{_JMP}/jmp-l.pt", "jmp-l.pt"),)},
+        ("checkpoint",), "atomsift moments --extractor DEST/jmp-l.pt ...; atomsift finetune --pretrained DEST/jmp-l.pt ...",
+        kind="jmp"),
+    "eqv2-31m": Release(
+        {"checkpoint": (Remote(_EQV2_31M, "eq2_31M_ec4_allmd.pt"),)},
+        ("checkpoint",), "atomsift moments --extractor eqv2:DEST/eq2_31M_ec4_allmd.pt ...", kind="eqv2"),
 }
 
 
@@ -238,6 +256,14 @@ def _complete_json(path: Path) -> None:
         json.load(fh)
 
 
+def _complete_torch(path: Path) -> None:
+    """A torch zip checkpoint whose directory, records and pickle are whole (read through the
+    safe loader: pickled classes become inert stand-ins, tensor bytes are not read)."""
+    from atomsift.safeload import ANY, check_torch
+
+    check_torch(path, stand_ins=ANY)
+
+
 def _format_check(name: str):
     """(format label, check) for a release file name, or None when no check is known."""
     import bz2
@@ -254,6 +280,7 @@ def _format_check(name: str):
         ((".tar.xz", ".xz"), "xz", lambda p: _complete_stream(p, lzma.open)),
         ((".pkl", ".pickle"), "pickle", _complete_pickle),
         ((".json",), "JSON", _complete_json),
+        ((".pt", ".ckpt"), "torch checkpoint", _complete_torch),
     ]
     for suffixes, label, check in table:
         if n.endswith(suffixes):

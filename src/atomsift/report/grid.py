@@ -34,6 +34,11 @@ def raw_dir(dataset: str) -> str:
     return f"{RESULTS}/raw/{dataset}"
 
 
+def model_dir(model: str) -> str:
+    """Where the download rule puts a public model checkpoint (``atomsift download MODEL``)."""
+    return f"{RESULTS}/checkpoints/{model}"
+
+
 def pretrain_dir(upstream: str, budget: str, backbone: str) -> str:
     return f"{RESULTS}/pretrain/{upstream}/{budget}/{backbone}"
 
@@ -131,6 +136,8 @@ def check_grid(config: dict, source: str = "config") -> None:
         for t in spec["tasks"]:
             need("task", t, tasks, f"tables.{name}.tasks")
     for name, spec in extractors.items():
+        if "download" in spec:
+            need("model checkpoint", spec["download"], downloadable_models(), f"csi.extractors.{name}.download")
         if "pretrained" in spec:
             p = spec["pretrained"]
             need("upstream", p["upstream"], upstreams, f"csi.extractors.{name}.pretrained.upstream")
@@ -289,11 +296,29 @@ def moments_needed(config: dict) -> list[tuple[str, str, str, str]]:
     return sorted(out)
 
 
+def downloadable_models() -> dict:
+    """The model checkpoints ``atomsift download`` knows: name -> release."""
+    from atomsift.data.download import DATASETS
+
+    return {k: r for k, r in DATASETS.items() if r.kind != "dataset"}
+
+
+def models_downloaded(config: dict) -> list[str]:
+    """Public checkpoints the grid's extractors are built from."""
+    return sorted({s["download"] for s in config["csi"]["extractors"].values() if "download" in s})
+
+
 def extractor_spec(config: dict, extractor: str) -> str:
-    """What ``atomsift moments --extractor`` gets: a name such as random-tiny-0, or a checkpoint."""
+    """What ``atomsift moments --extractor`` gets: a name such as random-tiny-0, a checkpoint this
+    DAG pretrained, or a downloaded one (``eqv2:``-prefixed for EquiformerV2)."""
     spec = config["csi"]["extractors"][extractor]
     if "spec" in spec:
         return spec["spec"]
+    if "download" in spec:
+        release = downloadable_models()[spec["download"]]
+        filename = next(iter(release.files.values()))[0].filename
+        prefix = "eqv2:" if release.kind == "eqv2" else ""
+        return f"{prefix}{model_dir(spec['download'])}/{filename}"
     p = spec["pretrained"]
     return f"{pretrain_dir(p['upstream'], p['budget'], p['backbone'])}/model.pt"
 
