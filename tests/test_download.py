@@ -182,3 +182,33 @@ def test_release_table_is_complete():
                 assert f.sha256 is None or len(f.sha256) == 64
                 assert f.md5 is None or len(f.md5) == 32
     assert len(DATASETS["md22"].files) == 7 and len(DATASETS["matbench"].files) == 9
+    # the public model checkpoints (JMP's README, fairchem's model table); none publishes a checksum
+    models = {k: r.kind for k, r in DATASETS.items() if r.kind != "dataset"}
+    assert models == {"jmp-s": "jmp", "jmp-l": "jmp", "eqv2-31m": "eqv2"}
+    assert DATASETS["eqv2-31m"].files["checkpoint"][0].url.endswith("/2023_06/oc20/s2ef/eq2_31M_ec4_allmd.pt")
+
+
+def _torch_bytes(obj) -> bytes:
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def test_cli_downloads_a_model_checkpoint(server, tmp_path, capsys):
+    """No checksum is published for the model checkpoints: a whole torch checkpoint is kept, a
+    cut one (the server closing early, no Content-Length) is not."""
+    import torch
+
+    ck = _torch_bytes({"state_dict": {"backbone.w": torch.arange(50_000, dtype=torch.float32)}, "epoch": 3})
+    server.files["/jmp-s.pt"] = ck
+    rc = main(["download", "jmp-s", "--dest", str(tmp_path / "ck"), "--url", server.url + "/jmp-s.pt"])
+    assert rc == 0 and (tmp_path / "ck" / "jmp-s.pt").read_bytes() == ck
+    assert "atomsift moments --extractor DEST/jmp-s.pt" in capsys.readouterr().out
+    server.files["/jmp-l.pt"] = ck[: len(ck) // 2]
+    rc = main(["download", "jmp-l", "--dest", str(tmp_path / "cut"), "--url", server.url + "/jmp-l.pt"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not a complete torch checkpoint file" in err and not (tmp_path / "cut" / "jmp-l.pt").exists()

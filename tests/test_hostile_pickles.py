@@ -574,7 +574,7 @@ def test_full_disk_while_writing_last_ckpt(tmp_path, capsys, monkeypatch, genuin
                         raising=False)
     rc = main(["finetune", "--config", str(genuine["cfg"]), "--pretrained", "none", "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and err[-1] == f"atomsift finetune: error: {out / 'last.ckpt'}: No space left on device"
+    assert rc == 2 and err[-1] == f"atomsift finetune: error: {out / 'last.ckpt'}: cannot write (No space left on device)"
     assert not (out / "last.ckpt").exists() and not _hidden_temporaries(out) and not (out / "metrics.json").exists()
     monkeypatch.undo()
     # disk space back: the rerun starts afresh (no last.ckpt), drops the failed run's best.ckpt and finishes

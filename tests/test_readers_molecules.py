@@ -373,7 +373,7 @@ def test_spice_subsets_and_jmp_files(tmp_path, capsys):
 
 def test_spice_refuses_input_files_in_nanometres(tmp_path, capsys):
     tree = F.spice_tree()
-    tree["103147721"]["conformations"].attrs["units"] = "nanometer"  # the first group: the one checked
+    tree["103147721"]["conformations"].attrs["units"] = "nanometer"  # every group is checked (a later one: test_hostile_inputs)
     src = F.write_h5(tmp_path / "s.h5", tree)
     rc, _, err = run_cli(capsys, "prepare", "spice", "--source", src, "--out", tmp_path / "x")
     assert rc == 2 and "field '103147721/conformations': units are 'nanometer', expected 'bohr'" in err

@@ -74,8 +74,7 @@ def test_paper_grid_dry_run_lists_the_paper_jobs(tmp_path):
     counts = job_counts(res.stdout)
     # pretraining: Table 1 (6 upstreams at 2Mx5, S) + Table 2 (4 singles at 1M, 3M: +8)
     # + Table 3 (4 singles, L: +4) + Table 5 (4 singles at 1Mx10: +4) + Fig. 1's JMP-budget
-    # Mixed (Temp) (+1) + Fig. 4's ANI-1x + OC22 at 3Mx5 (+1); Table 4 and the mixed-small
-    # extractor reuse Table 1's runs.
+    # Mixed (Temp) (+1) + Fig. 4's ANI-1x + OC22 at 3Mx5 (+1); Table 4 reuses Table 1's runs.
     assert counts["pretrain"] == 24
     assert counts["pretrain_run"] == 24
     # finetuning cells x 3 seeds: T1 7 rows x 4 tasks (28) + T2 8 new rows x 4 (32)
@@ -87,16 +86,34 @@ def test_paper_grid_dry_run_lists_the_paper_jobs(tmp_path):
     # 10 datasets prepared; all but QM9 (from its wheel) downloaded first
     assert counts["prepare"] == 10 and counts["download"] == 9
     assert "generate" not in counts
-    # moments: jmp-s: 4 upstreams x (balanced flat, balanced mean, random flat) = 12,
-    # downstream random sampling: 6 datasets flat + 4 ID datasets mean = 10;
-    # mixed-small: 4 upstreams + 4 ID datasets, balanced/random flat = 8
+    # moments: eqv2-oc20 (selection, Figs. 3, 5-7): 4 upstreams x (balanced flat, balanced mean,
+    # random flat) = 12, downstream random sampling: 6 datasets flat + 4 ID datasets mean = 10;
+    # jmp-s (Fig. 8): 4 upstreams + 4 ID datasets, balanced/random flat = 8
     assert counts["moments"] == 12 + 10 + 8
+    # both extractors' checkpoints come from the download rule, none placed by hand
+    assert counts["download_model"] == 2
     assert counts["csi_part"] == 5 and counts["csi_table"] == 2 and counts["csi_figure"] == 5
     assert counts["coverage"] == 4 and counts["coverage_figure"] == 1
     assert counts["table"] == 5 and counts["figure"] == 2 and counts["report"] == 1
     assert counts["report_spec"] == 5 + 2 + 1
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     assert cpu < 5.0, f"paper dry run used {cpu:.1f} s of CPU"
+
+
+def test_paper_grid_uses_the_papers_extractors():
+    """EquiformerV2-OC20 for the selection and Figs. 3, 5-7, JMP-S for Fig. 8 (PAPER.md §2.1, 2.8),
+    both fetched by ``atomsift download``."""
+    cfg = load(ROOT / "workflow/configs/paper.yaml")
+    G.check_grid(cfg)
+    sel = cfg["csi"]["selection"]["extractor"]
+    assert G.extractor_spec(cfg, sel) == "eqv2:results/checkpoints/eqv2-31m/eq2_31M_ec4_allmd.pt"
+    figs = {f: s["extractor"] for f, s in cfg["csi_figures"].items()}
+    assert figs == {"fig3": sel, "fig5": sel, "fig6": sel, "fig7": sel, "fig8": "jmp-s"}
+    assert G.extractor_spec(cfg, "jmp-s") == "results/checkpoints/jmp-s/jmp-s.pt"
+    assert G.models_downloaded(cfg) == ["eqv2-31m", "jmp-s"]
+    cfg["csi"]["extractors"]["jmp-s"] = {"download": "jmp-xl"}
+    with pytest.raises(InputError, match=r"csi.extractors.jmp-s.download.*unknown model checkpoint 'jmp-xl'"):
+        G.check_grid(cfg, "paper.yaml")
 
 
 def test_embedded_dry_run_matches_the_grid_expansion(tmp_path):

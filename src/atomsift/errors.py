@@ -6,6 +6,7 @@ turns it into one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 
@@ -30,3 +31,12 @@ def require_file(path: str | Path, what: str = "file") -> Path:
     if not p.exists():
         raise InputError(f"{what} does not exist", path=p)
     return p
+
+
+def unknown_key(key: str, allowed) -> str:
+    """The one phrase for a key no schema knows, with the closest allowed key when there is one
+    (run files, ``options`` blocks and the workflow configuration all use it)."""
+    allowed = sorted(str(a) for a in allowed)
+    close = difflib.get_close_matches(str(key), allowed, n=1)
+    hint = f", did you mean '{close[0]}'?" if close else ""
+    return f"unknown key '{key}'{hint} (allowed: {', '.join(allowed)})"

@@ -24,8 +24,10 @@ CONFIG_SOURCE = ", ".join(CONFIG_FILES)
 
 # validate() with a one-line message naming the field (snakemake.utils.validate dumps the
 # whole schema); the code reads optional keys with their schema defaults.
+# the options blocks refer to run-options.schema.json, generated from the run files' definition
+SCHEMAS = {name: workflow.source_path(f"../schemas/{name}") for name in ("config.schema.yaml", "run-options.schema.json")}
 try:
-    G.validate_config(config, workflow.source_path("../schemas/config.schema.yaml"), CONFIG_SOURCE)
+    G.validate_config(config, SCHEMAS["config.schema.yaml"], CONFIG_SOURCE, refs=SCHEMAS)
 except InputError as err:
     # one line, no traceback: the message names the file and the field
     print(f"invalid configuration: {err}", file=sys.stderr)
@@ -36,6 +38,7 @@ PREPARED = [d for d, s in config["datasets"].items() if "prepare" in s]
 DOWNLOADED = [
     d for d, s in config["datasets"].items() if "prepare" in s and not s.get("source") and s.get("download")
 ]
+MODELS = G.models_downloaded(config)  # public checkpoints the extractors need
 TEMPLATE = "workflow/templates/run.yaml"
 ENV = "../../envs/atomsift.yaml"
 LOGS = f"{G.RESULTS}/logs"
@@ -58,6 +61,7 @@ wildcard_constraints:
     sampling=r"balanced|random",
     agg=r"flat|mean|sum|max",
     kind=r"id|ood",
+    model=r"[A-Za-z0-9][A-Za-z0-9.-]*",
 
 
 # ---- input functions ------------------------------------------------------------------------
@@ -104,6 +108,8 @@ def task_store(wildcards):
 
 def extractor_checkpoint(wildcards):
     spec = config["csi"]["extractors"][wildcards.extractor]
+    if "download" in spec:
+        return [G.model_dir(spec["download"])]
     return [G.extractor_spec(config, wildcards.extractor)] if "pretrained" in spec else []
 
 

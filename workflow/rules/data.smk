@@ -47,6 +47,23 @@ rule download:
         "atomsift download {params.name} --dest {output} > {log} 2>&1"
 
 
+rule download_model:
+    output:
+        directory(G.model_dir("{model}")),
+    wildcard_constraints:
+        model=alternatives(MODELS),
+    log:
+        f"{LOGS}/download_model/{{model}}.log",
+    benchmark:
+        f"{BENCH}/download_model/{{model}}.tsv"
+    resources:
+        runtime=120,
+    conda:
+        ENV
+    shell:
+        "atomsift download {wildcards.model} --dest {output} > {log} 2>&1"
+
+
 rule prepare:
     input:
         dataset_source,

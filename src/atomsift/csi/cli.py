@@ -11,7 +11,8 @@ def register(sub) -> None:
                        description="Run an extractor over a sample of a store and save the float64 moments of its "
                                    "features (M.npz: n, mean, cov) with a JSON sidecar M.npz.json.")
     p.add_argument("--store", required=True, help="store directory")
-    p.add_argument("--extractor", required=True, help="checkpoint path or random-<size>-<seed>")
+    p.add_argument("--extractor", required=True, help="checkpoint path, random-<size>-<seed>, eqv2:PATH (EquiformerV2, "
+                                                      "the paper's extractor) or eqv2:random-<config>-<seed>")
     p.add_argument("--sampling", choices=("balanced", "random"), default="balanced",
                    help="balanced: the paper's class-balanced upstream sampler; random: a seeded random subset (default: balanced)")
     p.add_argument("--n", type=int, default=10_000, help="structures to sample (default: 10000, as the paper)")
@@ -20,6 +21,8 @@ def register(sub) -> None:
                    help="flat: every atom one sample (the paper's main setting); mean/sum/max: one sample per structure")
     p.add_argument("--split", default="train", help="split to sample from (default: train; the whole store if it has no splits)")
     p.add_argument("--batch-size", type=int, default=32, help="structures per extractor call")
+    p.add_argument("--device", default="auto", help="cpu, cuda[:i], or auto (default: cuda when available, for "
+                                                    "extractors that can move there: eqv2)")
     p.add_argument("--edge-dropout", type=float, default=0.0,
                    help="drop this fraction of graph edges (the official upstream extraction used 0.1); default 0")
     p.add_argument("--min-atoms", type=int, default=0,
@@ -57,6 +60,7 @@ def register(sub) -> None:
     p.add_argument("--min-atoms", type=int, default=4, help="skip structures with fewer atoms (default 4, as the official code)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--dataset", help="dataset family whose graph settings the extractor uses for a file (default: none)")
+    p.add_argument("--device", default="auto", help="cpu, cuda[:i], or auto (default: cuda when available, for eqv2)")
     p.add_argument("--save-moments", help="also save the downstream moments here (.npz)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_select)
@@ -100,6 +104,22 @@ def _positive(value: int, name: str) -> None:
         raise InputError(f"must be positive, got {value}", field=name)
 
 
+def _sample_size(value: int, name: str = "--n") -> None:
+    """A positive sample size below :data:`atomsift.csi.sampling.MAX_SAMPLE` (bounded before the
+    samplers allocate index arrays of that length)."""
+    from atomsift.csi.sampling import check_sample_size
+
+    check_sample_size(value, name)
+
+
+def _output(path, moments: bool = True) -> None:
+    """Refuse an output that cannot be published (a directory, ...) before any work."""
+    from atomsift.csi.moments import sidecar_path
+    from atomsift.fsio import check_output_file
+
+    check_output_file(path, *([sidecar_path(path)] if moments else []))
+
+
 def _moments(args) -> int:
     import time
 
@@ -112,8 +132,9 @@ def _moments(args) -> int:
     from atomsift.csi.sampling import sample_store
     from atomsift.data.store import Store
 
-    _positive(args.n, "--n")
+    _sample_size(args.n)
     _positive(args.batch_size, "--batch-size")
+    _output(args.out)
     store = Store(args.store)
     split = args.split if (store.split_names() or args.split != "train") else None
     idx = sample_store(store, args.sampling, args.n, args.seed, split=split, min_atoms=args.min_atoms)
@@ -123,7 +144,7 @@ def _moments(args) -> int:
         idx = np.array_split(idx, shard[1])[shard[0]]
         if idx.size == 0:
             raise InputError(f"shard {args.shard} of a {n_sample}-structure sample is empty", field="--shard")
-    ex = load_extractor(args.extractor)
+    ex = on_device(load_extractor(args.extractor), args.device)
     if args.edge_dropout > 0:
         import torch
 
@@ -148,6 +169,7 @@ def _moments(args) -> int:
         "min_atoms": int(args.min_atoms),
         "edge_dropout": float(args.edge_dropout),
         "dim": m.dim,
+        "n_skipped_structures": int(getattr(ex, "skipped", 0)),
         "seconds": round(time.perf_counter() - t0, 3),
         "atomsift_version": __version__,
     }
@@ -180,6 +202,7 @@ def _merge(args) -> int:
     from atomsift.csi.moments import load_moments, save_moments, sidecar_path
     from atomsift.errors import InputError
 
+    _output(args.out)
     total, meta0, seen = None, None, set()
     for path in args.parts:
         m, meta = load_moments(path)
@@ -221,6 +244,29 @@ def load_extractor(spec: str):
     return _load(spec)
 
 
+def on_device(ex, device: str):
+    """Move an extractor that can move (it has ``to``) to ``device``; "auto" picks CUDA when present.
+    Extractors without ``to`` run on the CPU, and asking for another device is an error."""
+    import torch
+
+    from atomsift.errors import InputError
+
+    movable = hasattr(ex, "to")
+    if device == "auto":
+        device = "cuda" if movable and torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"not a device: {device!r}", field="--device") from None
+    if dev.type == "cpu":
+        return ex.to(dev) if movable else ex
+    if not movable:
+        raise InputError(f"extractor {getattr(ex, 'name', ex)!r} runs on the CPU only", field="--device")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("CUDA is not available here", field="--device")
+    return ex.to(dev)
+
+
 def _csi(args) -> int:
     from atomsift.cli import print_json
     from atomsift.csi.select import Candidate, csi
@@ -249,8 +295,10 @@ def _select(args) -> int:
     from atomsift.csi.select import check_compatible, default_candidates, load_candidates, parse_named, rank, read_data, recommendation
     from atomsift.errors import InputError
 
-    _positive(args.n, "--n")
+    _sample_size(args.n)
     _positive(args.batch_size, "--batch-size")
+    if args.save_moments:
+        _output(args.save_moments)
     named = parse_named(args.upstream)
     if not named and args.upstream_dir is None:
         named = default_candidates(extractor=args.extractor)
@@ -263,14 +311,15 @@ def _select(args) -> int:
     if not spec:
         raise InputError("the upstream sidecar records no extractor; pass --extractor", path=cands[0].path, field="extractor")
     agg = meta0.get("aggregation", "flat")
-    ex = load_extractor(spec)
+    # the user's structures are read and checked before the extractor is loaded (seconds of torch)
+    name, family, batches, n_struct = read_data(args.data, args.n, args.seed, split=args.split, min_atoms=args.min_atoms)
+    family = args.dataset or family
+    ex = on_device(load_extractor(spec), args.device)
     sha = getattr(ex, "sha256", None)
     for c in cands:
         if c.sha256 and sha and c.sha256 != sha:
             raise InputError(f"extractor {spec} has sha256 {sha[:12]}, but these moments were computed with "
                              f"{c.meta.get('extractor')} (sha256 {c.sha256[:12]})", path=c.path, field="extractor_sha256")
-    name, family, batches, n_struct = read_data(args.data, args.n, args.seed, split=args.split, min_atoms=args.min_atoms)
-    family = args.dataset or family
 
     def tagged(bs):
         for b in batches(bs):
@@ -310,6 +359,7 @@ def _table(args) -> int:
     from atomsift.cli import print_json
     from atomsift.csi.select import load_candidates, parse_named, read_table, table_rows, write_csv
 
+    _output(args.out, moments=False)
     ups = load_candidates(parse_named(args.upstream, "--upstream"))
     downs = load_candidates(parse_named(args.downstream, "--downstream"))
     rows = table_rows(ups, downs)
@@ -350,7 +400,9 @@ def _coverage(args) -> int:
     from atomsift.csi.sampling import store_coverage
     from atomsift.data.store import Store
 
-    _positive(args.n, "--n")
+    _sample_size(args.n)
+    if args.out:
+        _output(args.out, moments=False)
     store = Store(args.store)
     split = args.split if (store.split_names() or args.split != "train") else None
     res = store_coverage(store, args.n, args.seed, split=split)

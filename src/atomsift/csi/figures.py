@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections import OrderedDict
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 
 from atomsift.errors import InputError
 from atomsift.fsio import save_figure
+from atomsift.safeio import read_text
 
 # Display names and the paper's order (upstream bars: ANI-1x, Transition-1x, OC20, OC22).
 LABELS = {
@@ -132,11 +134,11 @@ def read_coverage(paths) -> list[dict]:
         if not p.is_file():
             raise InputError("coverage file does not exist", path=p)
         if p.suffix.lower() == ".csv":
-            with open(p, newline="") as fh:
+            with io.StringIO(read_text(p), newline="") as fh:
                 items = list(csv.DictReader(fh))
         else:
             try:
-                obj = json.loads(p.read_text())
+                obj = json.loads(read_text(p))
             except json.JSONDecodeError as exc:
                 raise InputError(f"not valid JSON ({exc.msg} at line {exc.lineno})", path=p) from None
             items = obj if isinstance(obj, list) else [obj]

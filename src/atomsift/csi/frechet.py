@@ -32,6 +32,27 @@ def _check(mu1, s1, mu2, s2):
     return mu1, s1, mu2, s2
 
 
+# A covariance read from a file may differ from symmetric PSD by round-off only: asymmetry and
+# negative eigenvalues up to this fraction of its trace (float64 accumulation leaves ~1e-13).
+PSD_TOLERANCE = 1e-8
+
+
+def check_covariance(cov: np.ndarray, path=None, field: str = "cov") -> None:
+    """Raise InputError unless ``cov`` is a symmetric positive semi-definite matrix, up to
+    :data:`PSD_TOLERANCE` x its trace (the Fréchet distance is only defined, and only >= 0, for
+    those; an asymmetric or indefinite "covariance" gives a meaningless, possibly negative CSI)."""
+    tr = float(np.trace(cov))
+    tol = PSD_TOLERANCE * max(tr, 0.0)
+    asym = float(np.abs(cov - cov.T).max(initial=0.0))
+    if asym > tol:
+        raise InputError(f"not symmetric (largest |C - C^T| = {asym:.3g}, tolerance {tol:.3g} = {PSD_TOLERANCE:g} x trace)",
+                         path=path, field=field)
+    low = float(np.linalg.eigvalsh(0.5 * (cov + cov.T))[0]) if cov.size else 0.0
+    if low < -tol:
+        raise InputError(f"not positive semi-definite (smallest eigenvalue {low:.6g}, tolerance {tol:.3g} = "
+                         f"{PSD_TOLERANCE:g} x trace)", path=path, field=field)
+
+
 def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray, method: str = "auto") -> float:
     """Tr (S1 S2)^(1/2) for symmetric PSD S1, S2: sum of sqrt(eigenvalues of a symmetric matrix).
 
@@ -70,14 +91,14 @@ def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray, method: str = "auto") -> 
 
 
 def frechet_distance(mu1, s1, mu2, s2) -> float:
-    """Fréchet distance between N(mu1, S1) and N(mu2, S2); real, finite and >= 0 up to round-off."""
+    """Fréchet distance between N(mu1, S1) and N(mu2, S2) for symmetric PSD S1, S2: real, finite, >= 0."""
     mu1, s1, mu2, s2 = _check(mu1, s1, mu2, s2)
     diff = mu1 - mu2
     tr = trace_sqrt_product(s1.copy(), s2)
     value = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr)
-    # the exact value is >= 0; cancellation can leave a tiny negative number for equal inputs
-    scale = float(np.trace(s1) + np.trace(s2) + diff @ diff)
-    return 0.0 if value < 0 and value > -1e-9 * max(scale, 1.0) else value
+    # the exact value is >= 0 for PSD covariances (moments files are checked to be PSD up to
+    # round-off when read); cancellation can leave a tiny negative number for equal inputs
+    return max(value, 0.0)
 
 
 def official_csi(mu1, s1, mu2, s2, eps: float = 1e-6) -> float:

@@ -20,14 +20,13 @@ aggregation, sample size, seed, store).
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from atomsift.csi.frechet import check_covariance
 from atomsift.errors import InputError
 
 AGGREGATIONS = ("flat", "mean", "sum", "max")
@@ -186,8 +185,15 @@ def accumulate_batches(batches: Iterable, extractor: Callable, agg: str = "flat"
     if not 0.0 <= edge_dropout < 1.0:
         raise InputError(f"edge dropout must be in [0, 1), got {edge_dropout}", field="edge_dropout")
     acc = Accumulator()
+    keep = getattr(extractor, "keep", None)  # structures an extractor cannot describe (EquiformerV2: Z >= 90)
     with torch.inference_mode():
         for batch in batches:
+            if keep is not None:
+                mask = keep(batch)
+                if not bool(mask.all()):
+                    if not bool(mask.any()):
+                        continue
+                    batch = batch.select(mask)
             feats = _call(extractor, batch, edge_dropout)
             if feats.ndim != 2 or feats.shape[0] != batch.numbers.shape[0]:
                 raise RuntimeError(f"extractor returned shape {tuple(feats.shape)} for a batch of {batch.numbers.shape[0]} atoms")
@@ -228,26 +234,18 @@ def sidecar_path(path: str | Path) -> Path:
 
 
 def save_moments(path: str | Path, moments: Moments, meta: dict | None = None) -> Path:
-    """Write ``path`` (npz: n, mean, cov) and its JSON sidecar, each atomically."""
+    """Write ``path`` (npz: n, mean, cov) and its JSON sidecar, published together by rename
+    (neither appears without the other)."""
+    from atomsift.fsio import atomic_paths
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    tmp = path.with_name(f".{path.name}.tmp-{tag}")
-    try:
+    side = dict(meta or {})
+    side.setdefault("n", int(moments.n))
+    side["dim"] = moments.dim
+    with atomic_paths(path, sidecar_path(path)) as (tmp, stmp):
         with open(tmp, "wb") as fh:
             np.savez(fh, n=np.int64(moments.n), mean=moments.mean.astype(np.float64), cov=moments.cov.astype(np.float64))
-        side = dict(meta or {})
-        side.setdefault("n", int(moments.n))
-        side["dim"] = moments.dim
-        stmp = path.with_name(f".{path.name}.json.tmp-{tag}")
-        with open(stmp, "w") as fh:
-            json.dump(side, fh, indent=2)
-        os.replace(stmp, sidecar_path(path))
-        os.replace(tmp, path)
-    finally:
-        for t in (tmp, path.with_name(f".{path.name}.json.tmp-{tag}")):
-            if t.exists():
-                t.unlink()
+        stmp.write_text(json.dumps(side, indent=2))
     return path
 
 
@@ -258,10 +256,11 @@ def load_sidecar(path: str | Path, required: bool = False) -> dict:
             raise InputError(f"no sidecar {sp.name} next to the moments file (it records the extractor)", path=path)
         return {}
     try:
-        with open(sp) as fh:
-            meta = json.load(fh)
+        meta = json.loads(sp.read_bytes())
     except json.JSONDecodeError as exc:
         raise InputError(f"sidecar is not valid JSON ({exc.msg} at line {exc.lineno})", path=sp) from None
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise InputError(f"sidecar is not valid JSON ({type(exc).__name__})", path=sp) from None
     if not isinstance(meta, dict):
         raise InputError("sidecar must hold a JSON object", path=sp)
     return meta
@@ -272,6 +271,9 @@ def load_moments(path: str | Path) -> tuple[Moments, dict]:
     p = Path(path)
     if not p.is_file():
         raise InputError("moments file does not exist", path=p)
+    from atomsift.safeio import check_npz
+
+    check_npz(p)  # member headers against member sizes before numpy allocates what they claim
     try:
         with np.load(p, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
@@ -298,4 +300,5 @@ def load_moments(path: str | Path) -> tuple[Moments, dict]:
     for key, a in (("mean", mean), ("cov", cov)):
         if not np.all(np.isfinite(a)):
             raise InputError("non-finite value", path=p, field=key)
+    check_covariance(cov.astype(np.float64), p)
     return Moments.from_cov(n, mean.astype(np.float64), cov.astype(np.float64)), load_sidecar(p)

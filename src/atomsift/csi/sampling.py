@@ -17,6 +17,16 @@ import numpy as np
 from atomsift.errors import InputError
 
 UNKNOWN_CLASS = "Unknown"  # label of rows without a class, as the official structure mapping writes
+# Largest sample: 1000x the paper's 10,000. The balanced sampler draws with repetition, so n is not
+# bounded by the store; this bound is what keeps `--n 10^12` from allocating terabytes of indices.
+MAX_SAMPLE = 10_000_000
+
+
+def check_sample_size(n, field: str = "n") -> int:
+    """``n`` as a sample size in 1..MAX_SAMPLE, or an InputError naming ``field``."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_SAMPLE:
+        raise InputError(f"sample size must be an integer in 1..{MAX_SAMPLE:,}, got {n}", field=field)
+    return int(n)
 
 
 def class_labels(class_index: np.ndarray, classes: list[str] | None) -> np.ndarray:
@@ -62,8 +72,7 @@ def balanced_sample(class_index, n: int, seed: int) -> np.ndarray:
     labels = np.asarray(class_index)
     if labels.ndim != 1 or labels.size == 0:
         raise InputError("balanced sampling needs a non-empty 1-D array of class labels", field="class_index")
-    if n <= 0:
-        raise InputError(f"sample size must be positive, got {n}", field="n")
+    n = check_sample_size(n)
     df = pd.DataFrame({"Molecule": labels})
     k = int(df["Molecule"].nunique())
     t = n // k
@@ -93,9 +102,7 @@ def random_sample(n_total: int, n: int, seed: int) -> np.ndarray:
     """``RandomState(seed).choice(range(n_total), n, replace=False)``; all rows if n >= n_total."""
     if n_total <= 0:
         raise InputError("cannot sample from an empty set of structures", field="n")
-    if n <= 0:
-        raise InputError(f"sample size must be positive, got {n}", field="n")
-    n = min(n, n_total)
+    n = min(check_sample_size(n), n_total)
     return np.random.RandomState(seed).choice(n_total, n, replace=False).astype(np.int64)
 
 

@@ -17,6 +17,7 @@ from atomsift.csi.frechet import frechet_distance
 from atomsift.csi.moments import Moments, load_moments, load_sidecar, sidecar_path
 from atomsift.errors import InputError
 from atomsift.fsio import write_text
+from atomsift.safeio import read_text
 
 TABLE_COLUMNS = ("extractor", "sampling", "agg", "upstream", "downstream", "csi", "seed")
 
@@ -173,14 +174,9 @@ def read_data(data: str | Path, n: int, seed: int, *, split: str = "train", min_
         sp = split if store.split_names() else None
         idx = sample_store(store, "random", n, seed, split=sp, min_atoms=min_atoms)
         return store.dataset, store.dataset, (lambda bs: store_batches(store, idx, bs)), int(idx.size)
-    try:
-        from ase.io import read
+    from atomsift.data.readers.ase_reader import read_frames
 
-        frames = read(str(p), index=":")
-    except Exception as exc:
-        raise InputError(f"ASE cannot read this file ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})", path=p) from None
-    if not isinstance(frames, list):
-        frames = [frames]
+    frames = read_frames(p, what="downstream data")  # the structure checks every verb shares (predict, prepare ase)
     keep = [i for i, a in enumerate(frames) if len(a) >= min_atoms]
     if not keep:
         raise InputError(f"no structure with at least {min_atoms} atoms", path=p)
@@ -234,7 +230,7 @@ def read_table(path: str | Path) -> list[dict]:
     p = Path(path)
     if not p.is_file():
         raise InputError("CSI table does not exist", path=p)
-    with open(p, newline="") as fh:
+    with io.StringIO(read_text(p), newline="") as fh:
         reader = csv.DictReader(fh)
         cols = reader.fieldnames or []
         for c in ("upstream", "downstream", "csi"):

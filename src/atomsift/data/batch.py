@@ -57,6 +57,22 @@ class AtomsBatch:
 
         return replace(self, **{f.name: mv(getattr(self, f.name)) for f in fields(self)})
 
+    def select(self, keep: Tensor) -> "AtomsBatch":
+        """The structures where ``keep`` (B,) bool is True, in order."""
+        keep = keep.to(device=self.natoms.device, dtype=torch.bool)
+        atoms = keep[self.batch]
+        natoms = self.natoms[keep]
+        per_graph = lambda x: None if x is None else x[keep]  # noqa: E731
+        per_atom = lambda x: None if x is None else x[atoms]  # noqa: E731
+        dataset = self.dataset
+        if isinstance(dataset, (list, tuple)):
+            dataset = [d for d, k in zip(dataset, keep.tolist()) if k]
+        return replace(
+            self, numbers=self.numbers[atoms], pos=self.pos[atoms], cell=self.cell[keep], pbc=self.pbc[keep],
+            natoms=natoms, batch=torch.repeat_interleave(torch.arange(natoms.numel(), device=natoms.device), natoms),
+            tags=self.tags[atoms], fixed=self.fixed[atoms], energy=per_graph(self.energy), forces=per_atom(self.forces),
+            targets={k: v[keep] for k, v in self.targets.items()}, index=per_graph(self.index), dataset=dataset)
+
 
 def collate(records: Sequence[Record], dtype: torch.dtype = torch.float32, dataset: str | list[str] | None = None) -> AtomsBatch:
     """Concatenate :class:`~atomsift.data.store.Record` s into one :class:`AtomsBatch`."""

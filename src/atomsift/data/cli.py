@@ -35,8 +35,9 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_show)
 
-    p = sub.add_parser("download", help="fetch the official release files of a dataset (resumable, verified)")
-    p.add_argument("dataset", help="ani1x, transition1x, oc20, oc22, rmd17, md22, md17, spice, qm9, qmof, matbench")
+    p = sub.add_parser("download", help="fetch the official release files of a dataset or model (resumable, verified)")
+    p.add_argument("dataset", help="ani1x, transition1x, oc20, oc22, rmd17, md22, md17, spice, qm9, qmof, matbench; "
+                                   "model checkpoints jmp-s, jmp-l, eqv2-31m")
     p.add_argument("--dest", help="folder to write the files into (required unless --list)")
     p.add_argument("--subset", action="append", help="subset(s) to fetch (molecule, task, split; repeat or comma-separate; "
                    "default: the release's default set; --list shows them)")
@@ -63,6 +64,14 @@ def _prepare(args) -> int:
     from atomsift.data.readers import prepare
     from atomsift.data.store import Store
 
+    from atomsift.data.store import check_store_output
+    from atomsift.errors import InputError
+
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"must be at least 1 (structures to read), got {args.limit}", field="--limit")
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        raise InputError(f"must be in 0..2**32-1 (a numpy RandomState seed), got {args.seed}", field="--seed")
+    check_store_output(args.out)  # before reading anything: --out must be a store, empty or new
     opts = {k: getattr(args, k) for k in _READER_OPTIONS if getattr(args, k) is not None and getattr(args, k) is not False}  # keeps --fold 0 / --seed 0
     t0 = time.perf_counter()
     out = prepare(args.dataset, args.source, args.out, **opts)

@@ -7,18 +7,27 @@ interrupted transfer is resumed with an HTTP ``Range`` request; the finished fil
 against its published size and checksum and only then renamed (``os.replace``) to its final name,
 so a truncated or corrupt file never sits under the final name. A checksum mismatch deletes the
 partial file. Checksums: MatBench sha256 from matminer's ``dataset_metadata.json``; OC20/OC22 md5
-from fairchem's dataset pages; the other releases publish none (``None``: only the transfer length
-is checked). Only :mod:`urllib` is used.
+from fairchem's dataset pages; the other releases publish none: their files must then be complete
+files of their format (HDF5, zip, tar, gzip/bzip2/xz streams, pickle opcodes, JSON) as long as the
+server's ``Content-Length`` says, so a server that closes early without a length cannot publish a
+truncated file. Only http(s) is fetched (also through redirects), with :mod:`urllib`; the
+arguments (``--url``, ``--sha256``, ``--dest``) are checked before any network.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
+import json
 import os
+import re
 import socket
+import tarfile
 import urllib.error
+import urllib.parse
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +50,7 @@ class Release:
     files: dict[str, tuple[Remote, ...]]  # subset -> files
     default: tuple[str, ...]  # subsets fetched when none is named
     then: str  # what to do with the files (unpacking, the prepare command)
+    kind: str = "dataset"  # or the checkpoint family of a model: "jmp" (GemNet-OC), "eqv2" (EquiformerV2)
 
 
 _FB = "https://dl.fbaipublicfiles.com/opencatalystproject/data"
@@ -75,6 +85,12 @@ RMD17_MOLECULES = ("aspirin", "azobenzene", "benzene", "ethanol", "malonaldehyde
 MD22_MOLECULES = ("Ac-Ala3-NHMe", "DHA", "stachyose", "AT-AT", "AT-AT-CG-CG", "buckyball-catcher", "double-walled_nanotube")
 MD17_MOLECULES = {"aspirin": "aspirin", "benzene": "benzene2017", "ethanol": "ethanol", "malonaldehyde": "malonaldehyde",
                   "naphthalene": "naphthalene", "salicylic": "salicylic", "toluene": "toluene", "uracil": "uracil"}
+
+# Model checkpoints: JMP's README (jmp-iclr-datasets bucket) and fairchem's model table
+# (EquiformerV2 31M, OC20 S2EF All+MD: the paper's CSI extractor). Neither publishes sizes or
+# checksums, so only the transfer length is checked.
+_JMP = "https://jmp-iclr-datasets.s3.amazonaws.com"
+_EQV2_31M = "https://dl.fbaipublicfiles.com/opencatalystproject/models/2023_06/oc20/s2ef/eq2_31M_ec4_allmd.pt"
 
 DATASETS: dict[str, Release] = {
     "ani1x": Release(
@@ -119,22 +135,64 @@ DATASETS: dict[str, Release] = {
     "matbench": Release(
         {t: (Remote(f"{_MB}/matbench_{t}.json.gz", f"matbench_{t}.json.gz", sha256=h),) for t, h in _MATBENCH_SHA256.items()},
         tuple(_MATBENCH_SHA256), "atomsift prepare matbench --source DEST/matbench_TASK.json.gz --out STORE"),
+    "jmp-s": Release(
+        {"checkpoint": (Remote(f"{_JMP}/jmp-s.pt", "jmp-s.pt"),)},
+        ("checkpoint",), "atomsift moments --extractor DEST/jmp-s.pt ...; atomsift finetune --pretrained DEST/jmp-s.pt ...",
+        kind="jmp"),
+    "jmp-l": Release(
+        {"checkpoint": (Remote(f"{_JMP}/jmp-l.pt", "jmp-l.pt"),)},
+        ("checkpoint",), "atomsift moments --extractor DEST/jmp-l.pt ...; atomsift finetune --pretrained DEST/jmp-l.pt ...",
+        kind="jmp"),
+    "eqv2-31m": Release(
+        {"checkpoint": (Remote(_EQV2_31M, "eq2_31M_ec4_allmd.pt"),)},
+        ("checkpoint",), "atomsift moments --extractor eqv2:DEST/eq2_31M_ec4_allmd.pt ...", kind="eqv2"),
 }
 
 
 # ----------------------------------------------------------------------------------------- fetch
 
 
+def check_url(url: str, field: str = "url") -> str:
+    """``url`` if it is http(s) with a host; anything else (``file://``, ``ftp://``, a path) is refused
+    before any network: a download must not become a copy of a local file."""
+    parts = urllib.parse.urlsplit(str(url))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(f"only http:// and https:// URLs are fetched, got {url!r}", field=field)
+    return str(url)
+
+
+def check_sha256(value: str, field: str = "sha256") -> str:
+    """``value`` lower-cased if it is 64 hexadecimal digits (checked before any network)."""
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise InputError(f"expected 64 hexadecimal digits, got {value!r}", field=field)
+    return value.lower()
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects to http(s) only (urllib also follows ftp://)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if urllib.parse.urlsplit(newurl).scheme not in ("http", "https"):
+            raise InputError(f"redirected to {newurl!r}; only http(s) redirects are followed", path=req.full_url)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    """urllib with http(s) handlers only: no file://, ftp:// or data: URLs, even through a redirect."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.ProxyHandler(), urllib.request.HTTPHandler(), urllib.request.HTTPSHandler(),
+                    _HttpOnlyRedirects(), urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
+
+
 def _digest(path: Path, algo: str) -> str:
-    h = hashlib.new(algo)
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, algo).hexdigest()
 
 
 def _verify(path: Path, url: str, size: int | None, sha256: str | None, md5: str | None) -> str | None:
-    """None when ``path`` matches what is published, else the reason."""
+    """None when ``path`` matches what is published (size, checksums), else the reason."""
     got = path.stat().st_size
     if size is not None and got != size:
         return f"size {got} bytes, published {size}"
@@ -146,18 +204,127 @@ def _verify(path: Path, url: str, size: int | None, sha256: str | None, md5: str
     return None
 
 
+# ------------------------------------------------------------------------------- format checks
+# Releases that publish no checksum (figshare, quantum-machine.org, S3) are checked for being a
+# complete file of their format: each check reads to the format's end marker without executing
+# anything (a pickle's opcodes are walked, never loaded).
+
+
+def _complete_hdf5(path: Path) -> None:
+    import h5py
+
+    with h5py.File(path, "r"):  # HDF5 compares the superblock's end-of-file address with the size
+        pass
+
+
+def _complete_zip(path: Path) -> None:
+    size = path.stat().st_size
+    with zipfile.ZipFile(path) as zf:  # the central directory sits at the end: a cut file has none
+        for info in zf.infolist():
+            if info.header_offset + info.compress_size > size:
+                raise ValueError(f"member {info.filename} extends past the end of the file")
+
+
+def _complete_tar(path: Path) -> None:
+    size = path.stat().st_size
+    with tarfile.open(path, "r:") as tf:
+        for m in tf:
+            if m.offset_data + (m.size if m.isreg() else 0) > size:
+                raise ValueError(f"member {m.name} extends past the end of the file")
+
+
+def _complete_stream(path: Path, opener) -> None:
+    """A compressed stream read to its end marker (gzip also checks its CRC and length)."""
+    with opener(path, "rb") as fh:
+        while fh.read(1 << 22):
+            pass
+
+
+def _complete_pickle(path: Path) -> None:
+    import pickletools
+
+    with open(path, "rb") as fh:
+        last = None
+        for last, _, _ in pickletools.genops(fh):  # opcodes only: nothing is constructed or called
+            pass
+        if last is None or last.name != "STOP" or fh.read(1):
+            raise ValueError("does not end with the pickle STOP opcode")
+
+
+def _complete_json(path: Path) -> None:
+    with open(path, "rb") as fh:
+        json.load(fh)
+
+
+def _complete_torch(path: Path) -> None:
+    """A torch zip checkpoint whose directory, records and pickle are whole (read through the
+    safe loader: pickled classes become inert stand-ins, tensor bytes are not read)."""
+    from atomsift.safeload import ANY, check_torch
+
+    check_torch(path, stand_ins=ANY)
+
+
+def _format_check(name: str):
+    """(format label, check) for a release file name, or None when no check is known."""
+    import bz2
+    import gzip
+    import lzma
+
+    n = name.lower()
+    table = [
+        ((".h5", ".hdf5"), "HDF5", _complete_hdf5),
+        ((".zip", ".npz"), "zip", _complete_zip),
+        ((".tar",), "tar", _complete_tar),
+        ((".tar.gz", ".tgz", ".json.gz", ".gz"), "gzip", lambda p: _complete_stream(p, gzip.open)),
+        ((".tar.bz2", ".bz2"), "bzip2", lambda p: _complete_stream(p, bz2.open)),
+        ((".tar.xz", ".xz"), "xz", lambda p: _complete_stream(p, lzma.open)),
+        ((".pkl", ".pickle"), "pickle", _complete_pickle),
+        ((".json",), "JSON", _complete_json),
+        ((".pt", ".ckpt"), "torch checkpoint", _complete_torch),
+    ]
+    for suffixes, label, check in table:
+        if n.endswith(suffixes):
+            return label, check
+    return None
+
+
+def _format_problem(path: Path, name: str) -> str | None:
+    """None when ``path`` is a complete file of the format its name says, else the reason."""
+    fmt = _format_check(name)
+    if fmt is None:
+        return f"no checksum is published and atomsift has no format check for '{name}'; pass --sha256"
+    label, check = fmt
+    try:
+        check(path)
+    except Exception as exc:  # each library's own error for a cut or corrupt file
+        text = " ".join(str(exc).split())[:160]
+        return f"not a complete {label} file ({type(exc).__name__}: {text})"
+    return None
+
+
 def fetch(url: str, dest: str | Path, *, size: int | None = None, sha256: str | None = None, md5: str | None = None,
           timeout: float = 60.0, chunk: int = 1 << 20) -> Path:
     """Download ``url`` to ``dest`` through ``dest.part`` (resumed with Range), verify, rename.
 
+    Verified means: the published checksum matches; where none is published, the file is a
+    complete file of its format (:func:`_format_problem`) and as long as the server announced.
     An existing ``dest`` that verifies is kept (nothing is fetched). Raises :class:`InputError`
-    (one line) on HTTP and network errors, on an interrupted transfer (the ``.part`` is kept for
-    the next run to resume) and on a size or checksum mismatch (the ``.part`` is deleted).
+    (one line) on HTTP and network errors, on an interrupted transfer or a file cut short without
+    a length (the ``.part`` is kept for the next run to resume) and on a size, checksum or
+    format mismatch of a whole transfer (the ``.part`` is deleted).
     """
+    check_url(url)
+    if sha256 is not None:
+        sha256 = check_sha256(sha256)
     final = Path(dest)
     part = final.with_name(final.name + ".part")
+    checksummed = bool(sha256 or md5)
+
+    def problem(path: Path) -> str | None:
+        return _verify(path, url, size, sha256, md5) or (None if checksummed else _format_problem(path, final.name))
+
     if final.exists():
-        why = _verify(final, url, size, sha256, md5)
+        why = problem(final)
         if why is None:
             return final
         raise InputError(f"exists but does not match the release ({why}); delete it to download again", path=final)
@@ -166,9 +333,10 @@ def fetch(url: str, dest: str | Path, *, size: int | None = None, sha256: str | 
     headers = {"User-Agent": "atomsift-download", "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
-    complete = False
+    complete = False  # the server has nothing more to send (416 on a resume)
+    expected = None
     try:
-        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+        resp = _opener().open(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:  # nothing left to send: the partial file is already whole
             complete = True
@@ -193,7 +361,13 @@ def fetch(url: str, dest: str | Path, *, size: int | None = None, sha256: str | 
                     for block in iter(lambda: resp.read(chunk), b""):
                         fh.write(block)
                         written += len(block)
-            except (http.client.IncompleteRead, ConnectionError, socket.timeout, TimeoutError, OSError) as exc:
+            except (http.client.IncompleteRead, ConnectionError, socket.timeout, TimeoutError) as exc:
+                raise InputError(f"transfer interrupted after {part.stat().st_size} bytes ({type(exc).__name__}); "
+                                 f"run again to resume from {part.name}", path=url) from None
+            except OSError as exc:
+                if exc.filename is not None or exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                    raise InputError(f"cannot write ({exc.strerror or exc}); the partial download is {part.name}",
+                                     path=final) from None
                 raise InputError(f"transfer interrupted after {part.stat().st_size} bytes ({type(exc).__name__}); "
                                  f"run again to resume from {part.name}", path=url) from None
             if expected is not None and written != expected:
@@ -203,6 +377,15 @@ def fetch(url: str, dest: str | Path, *, size: int | None = None, sha256: str | 
     if why is not None:
         part.unlink(missing_ok=True)
         raise InputError(f"downloaded file rejected: {why}; nothing kept", path=url)
+    if not checksummed:
+        why = _format_problem(part, final.name)
+        if why is not None:
+            if expected is None and not complete and _format_check(final.name) is not None:
+                # no length announced: the server may have closed early; a rerun resumes (Range)
+                raise InputError(f"transfer ended after {part.stat().st_size} bytes without a length, and the file is "
+                                 f"incomplete: {why}; run again to resume from {part.name}", path=url)
+            part.unlink(missing_ok=True)
+            raise InputError(f"downloaded file rejected: {why}; nothing kept", path=url)
     os.replace(part, final)
     return final
 
@@ -232,6 +415,13 @@ def download(name: str, dest: str | Path, *, subsets: list[str] | None = None, u
     ``url`` replaces the URL of the (single) selected file, e.g. a mirror; its published size
     and checksums still apply unless ``sha256`` is given, which replaces them.
     """
+    if url is not None:
+        check_url(url)
+    if sha256 is not None:
+        sha256 = check_sha256(sha256)
+    dest = Path(dest)
+    if dest.exists() and not dest.is_dir():
+        raise InputError("exists and is not a directory", path=dest, field="dest")
     files = select(name, subsets)
     if url is not None:
         if len(files) != 1:
@@ -242,5 +432,4 @@ def download(name: str, dest: str | Path, *, subsets: list[str] | None = None, u
         if len(files) != 1:
             raise InputError(f"--sha256 checks one file, but {len(files)} are selected; name one --subset", field="sha256")
         files = [Remote(files[0].url, files[0].filename, None, sha256, None)]
-    dest = Path(dest)
     return [fetch(f.url, dest / f.filename, size=f.size, sha256=f.sha256, md5=f.md5, timeout=timeout) for f in files]

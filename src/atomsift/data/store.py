@@ -37,7 +37,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from atomsift import __version__
+from atomsift import __version__, fsio
 from atomsift.errors import InputError
 
 FORMAT_NAME = "atomsift-store"
@@ -175,14 +175,17 @@ class StoreWriter:
         self._buf: dict[str, list] = {}
         self._closed = False
         # parents made here are removed again on abort: a failed write leaves no trace
-        _check_replaceable(self.out)
+        check_store_output(self.out)
         self._made_parents = [p for p in self.out.parents if not p.exists()]
-        self.tmp = self.out.parent / f".{self.out.name}.tmp-{uuid.uuid4().hex[:8]}"
+        self.tmp = fsio.temp_sibling(self.out)
+        self._lock = None
         try:
             self.out.parent.mkdir(parents=True, exist_ok=True)
+            fsio.remove_stale(self.out)  # temporaries of killed conversions of this store
             self.tmp.mkdir()
         except OSError as exc:
             raise InputError(f"cannot create the output directory ({exc.strerror or exc})", path=self.out) from None
+        self._lock = fsio.TempLock(self.tmp)  # held while we live: a later run removes it only once we are gone
         fields = list(_ALWAYS)
         if has_energy:
             fields.append("energy")
@@ -473,6 +476,8 @@ class StoreWriter:
         with open(self.tmp / "manifest.json", "w") as fh:
             json.dump(manifest, fh, indent=2)
         _publish(self.tmp, self.out)
+        if self._lock is not None:
+            self._lock.release()
         self._closed = True
         return self.out
 
@@ -483,6 +488,8 @@ class StoreWriter:
             except Exception:
                 pass
         shutil.rmtree(self.tmp, ignore_errors=True)
+        if self._lock is not None:
+            self._lock.release()
         for p in self._made_parents:  # deepest first
             try:
                 p.rmdir()
@@ -497,11 +504,15 @@ class StoreWriter:
         if exc_type is None:
             try:
                 self.close()
-            except BaseException:
+            except BaseException as err:
                 self.abort()
+                if isinstance(err, OSError) and (named := fsio.write_error(err, self.out, self.tmp)) is not None:
+                    raise named from None
                 raise
         else:
             self.abort()
+            if isinstance(exc, OSError) and (named := fsio.write_error(exc, self.out, self.tmp)) is not None:
+                raise named from None  # a full disk names the store, not our temporary
 
     # -- internals
 
@@ -532,6 +543,19 @@ class StoreWriter:
         return a
 
 
+def check_store_output(out: str | Path) -> Path:
+    """Refuse, before any work, a store output that is anything but a store or an empty
+    directory (``--out ~`` must not delete ~), or whose parent is a file."""
+    out = Path(out)
+    _check_replaceable(out)
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"cannot create the output directory ({parent} is not a directory)", path=out)
+            break
+    return out
+
+
 def _check_replaceable(out: Path) -> None:
     """Refuse to overwrite anything but a store or an empty directory (``--out ~`` must not delete ~)."""
     if not (out.exists() or out.is_symlink()):
@@ -554,7 +578,11 @@ def _publish(tmp: Path, out: Path) -> None:
     if out.exists() or out.is_symlink():
         trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
         os.rename(out, trash)
-        os.rename(tmp, out)
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            os.rename(trash, out)  # the old store stays in place
+            raise
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.rename(tmp, out)
@@ -612,10 +640,11 @@ class Store:
         if not mpath.exists():
             raise InputError("not an atomsift store (no manifest.json)", path=self.path)
         try:
-            with open(mpath) as fh:
-                self.manifest = json.load(fh)
+            self.manifest = json.loads(mpath.read_bytes())
         except json.JSONDecodeError as exc:
             raise InputError(f"manifest is not valid JSON ({exc.msg} at line {exc.lineno})", path=mpath) from None
+        except (UnicodeDecodeError, RecursionError) as exc:
+            raise InputError(f"manifest is not valid JSON ({type(exc).__name__})", path=mpath) from None
         if not isinstance(self.manifest, dict):
             raise InputError("not an atomsift store manifest (not a JSON object)", path=mpath)
         if self.manifest.get("format") != FORMAT_NAME:
@@ -625,14 +654,27 @@ class Store:
         for key in ("dataset", "fields", "counts", "units", "elements", "reader"):
             if key not in self.manifest:
                 raise InputError("missing from the manifest", path=mpath, field=key)
-        if not isinstance(self.manifest["counts"], dict) or "n_structures" not in self.manifest["counts"]:
-            raise InputError("missing from the manifest", path=mpath, field="counts.n_structures")
+        counts = self.manifest["counts"]
+        if not isinstance(counts, dict):
+            raise InputError("expected an object of counts", path=mpath, field="counts")
+        for key in ("n_structures", "n_atoms"):
+            v = counts.get(key)
+            if v is None:
+                raise InputError("missing from the manifest", path=mpath, field=f"counts.{key}")
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise InputError(f"expected a non-negative integer, got {v!r}", path=mpath, field=f"counts.{key}")
+        if not isinstance(self.manifest["fields"], list) or not all(isinstance(f, str) for f in self.manifest["fields"]):
+            raise InputError("expected a list of field names", path=mpath, field="fields")
+        targets = self.manifest.get("targets", [])
+        if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+            raise InputError("expected a list of target names", path=mpath, field="targets")
         self.fields = list(self.manifest["fields"])
-        self.target_names = list(self.manifest.get("targets", []))
+        self.target_names = list(targets)
         self._arrays: dict[str, np.ndarray] = {}
         self._indices = _indices
-        cpath = self.path / "classes.json"
-        self.classes: list[str] = json.load(open(cpath)) if cpath.exists() else []
+        self.classes: list[str] = _read_classes(self.path / "classes.json")
+        self._splits: dict[str, np.ndarray] = {}
+        self._validate()
 
     # -- arrays
 
@@ -654,8 +696,44 @@ class Store:
                 rows = counts.get("n_atoms") if _FIELDS[name][1] else counts["n_structures"]
             if rows is not None and (a.ndim == 0 or a.shape[0] != rows):
                 raise InputError(f"has {a.shape[:1]} rows, the manifest says {rows} (damaged store)", path=p)
+            want = _layout(name, len(self.target_names))
+            if want is not None and (a.dtype != want[0] or a.shape[1:] != want[1]):
+                raise InputError(f"expected dtype {np.dtype(want[0])} and rows of shape {want[1]}, got {a.dtype} "
+                                 f"{a.shape[1:]} (damaged store)", path=p)
             self._arrays[name] = a
         return a
+
+    def _validate(self) -> None:
+        """Check what every reader of the store relies on, vectorised over the memory maps (a
+        hostile or damaged store is one InputError here, not an IndexError deep in a batch):
+        strictly increasing offsets from 0 to n_atoms (an empty structure is not a structure),
+        atomic numbers in 1..118, class indices in -1..n_classes-1, split indices in 0..n-1."""
+        n = self.manifest["counts"]["n_structures"]
+        off = self.array("offsets")
+        p = self.path / "offsets.npy"
+        if off[0] != 0 or off[-1] != self.manifest["counts"]["n_atoms"]:
+            raise InputError(f"must run from 0 to n_atoms={self.manifest['counts']['n_atoms']}, got {int(off[0])}.."
+                             f"{int(off[-1])} (damaged store)", path=p)
+        bad = off[1:] <= off[:-1]  # no int64 temporary (np.diff would allocate one per open)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InputError(f"structure {i}: offsets {int(off[i])}..{int(off[i + 1])} are not increasing "
+                             "(every structure has at least one atom; damaged store)", path=p)
+        z = self.array("numbers")
+        if z.size and (z.min() < 1 or z.max() > 118):
+            a = int(np.flatnonzero((z < 1) | (z > 118))[0])
+            s = int(np.searchsorted(off, a, side="right") - 1)
+            raise InputError(f"structure {s}: atomic number {int(z[a])} outside 1..118 (damaged store)",
+                             path=self.path / "numbers.npy", field="numbers")
+        ci = self.array("class_index")
+        if ci.size and (ci.min() < -1 or ci.max() >= len(self.classes)):
+            s = int(np.flatnonzero((ci < -1) | (ci >= len(self.classes)))[0])
+            k = len(self.classes)
+            raise InputError(f"structure {s}: class index {int(ci[s])} outside -1..{k - 1} (classes.json has {k} "
+                             "labels; damaged store)", path=self.path / "class_index.npy", field="class_index")
+        d = self.path / "splits"
+        for f in sorted(d.glob("*.npy")) if d.is_dir() else []:
+            self._splits[f.stem] = _read_split(f, n)
 
     def has(self, name: str) -> bool:
         return name in self.fields
@@ -744,14 +822,13 @@ class Store:
     # -- subsets and splits
 
     def split_names(self) -> list[str]:
-        d = self.path / "splits"
-        return sorted(p.stem for p in d.glob("*.npy")) if d.is_dir() else []
+        return sorted(self._splits)
 
     def split(self, name: str) -> np.ndarray:
-        p = self.path / "splits" / f"{name}.npy"
-        if not p.exists():
+        idx = self._splits.get(name)
+        if idx is None:
             raise InputError(f"store has no split '{name}' (has: {', '.join(self.split_names()) or 'none'})", path=self.path, field="splits")
-        return np.load(p)
+        return idx.copy()
 
     def subset(self, indices) -> "Store":
         """A view over ``indices`` (global indices when self is the whole store, else positions in self)."""
@@ -788,6 +865,43 @@ class Store:
             "source": m.get("source"),
             "provenance": m.get("provenance"),
         }
+
+
+def _layout(name: str, n_targets: int):
+    """(dtype, trailing shape) a store array must have, or None for an array of unknown name."""
+    if name == "offsets":
+        return np.int64, ()
+    if name == "targets":
+        return np.float64, (n_targets,)
+    if name in _FIELDS:
+        return _FIELDS[name][0], _FIELDS[name][2]
+    return None
+
+
+def _read_classes(path: Path) -> list[str]:
+    """``classes.json``: a JSON list of strings (absent: no labels)."""
+    if not path.exists():
+        return []
+    try:
+        classes = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"not valid JSON ({' '.join(str(exc).split())[:120]})", path=path) from None
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise InputError("expected a JSON list of class labels (strings)", path=path)
+    return classes
+
+
+def _read_split(path: Path, n: int) -> np.ndarray:
+    """A split file: a 1-D integer array of structure indices in 0..n-1."""
+    from atomsift.safeio import load_npy
+
+    idx = load_npy(path)
+    if idx.ndim != 1 or idx.dtype.kind not in "iu":
+        raise InputError(f"expected a 1-D integer array, got dtype {idx.dtype} shape {idx.shape} (damaged store)", path=path)
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        bad = int(idx[np.flatnonzero((idx < 0) | (idx >= n))[0]])
+        raise InputError(f"index {bad} outside 0..{n - 1} (damaged store)", path=path)
+    return idx.astype(np.int64, copy=False)
 
 
 def open_store(path: str | Path) -> Store:

@@ -380,7 +380,13 @@ def _sha256_file(path: Path) -> str:
 
 
 def load_extractor(spec: str) -> Extractor:
-    """``spec``: a checkpoint path (ours or JMP's) or ``random-<size>-<seed>`` (untrained, seeded)."""
+    """``spec``: a checkpoint path (ours or JMP's) or ``random-<size>-<seed>`` (untrained, seeded);
+    ``eqv2:...`` specs go to :mod:`atomsift.models.extractors`."""
+    from atomsift.models.extractors import special_extractor
+
+    special = special_extractor(spec)
+    if special is not None:
+        return special
     m = re.fullmatch(r"random-(tiny|small|large)-(\d+)", str(spec))
     if m:
         model = build_model(m.group(1), {}, direct_forces_backbone=False, seed=int(m.group(2)))

@@ -52,34 +52,22 @@ def _model_info(args) -> int:
 
 
 def _predict(args) -> int:
+    from atomsift.data.readers.ase_reader import read_frames
+    from atomsift.errors import InputError, require_file
+
+    path = require_file(args.file)
+    frames = read_frames(path)  # the structure checks every verb shares, before torch is imported
+
     import numpy as np
     import torch
 
     from atomsift.cli import print_json
     from atomsift.data.batch import from_atoms
     from atomsift.data.graphs import graph_settings
-    from atomsift.errors import InputError, require_file
     from atomsift.models.checkpoint import load_checkpoint
     from atomsift.models.heads import HeadSpec
     from atomsift.models.model import build_model
 
-    path = require_file(args.file)
-    try:
-        import ase.io
-
-        frames = ase.io.read(str(path), index=":")
-    except Exception as exc:
-        raise InputError(f"ASE cannot read it ({type(exc).__name__}: {exc})", path=path) from exc
-    if not frames:
-        raise InputError("no frames", path=path)
-    for i, a in enumerate(frames):
-        z = a.numbers
-        if len(z) == 0:
-            raise InputError(f"frame {i} has no atoms", path=path, field="numbers")
-        if (z < 1).any() or (z > 118).any():
-            raise InputError(f"frame {i} has atomic numbers outside 1..118", path=path, field="numbers")
-        if not np.isfinite(a.positions).all():
-            raise InputError(f"frame {i} has non-finite positions", path=path, field="positions")
     if args.checkpoint:
         model, _ = load_checkpoint(args.checkpoint)
         specs = model.head_specs

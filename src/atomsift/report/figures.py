@@ -9,11 +9,13 @@ Bars are means over finetuning seeds with the seeds' sample sd as error bars.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
 from atomsift.errors import InputError
 from atomsift.fsio import save_figure
+from atomsift.safeio import read_text
 
 from .grid import parse_budget
 from .published import UPSTREAM_LABELS
@@ -30,7 +32,7 @@ def read_csi(path: str | Path, extractor: str | None, sampling: str, agg: str) -
     path = Path(path)
     out: dict[tuple[str, str], list[float]] = {}
     try:
-        with path.open(newline="") as fh:
+        with io.StringIO(read_text(path), newline="") as fh:
             for i, row in enumerate(csv.DictReader(fh), start=2):
                 if (row.get("sampling"), row.get("agg")) != (sampling, agg):
                     continue

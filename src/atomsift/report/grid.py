@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from itertools import product
 
-from atomsift.errors import InputError
+from atomsift.errors import InputError, unknown_key
 
 RESULTS = "results"
 NONE = "none"  # upstream and budget of the no-pretraining baseline
@@ -32,6 +32,11 @@ def store_dir(dataset: str) -> str:
 
 def raw_dir(dataset: str) -> str:
     return f"{RESULTS}/raw/{dataset}"
+
+
+def model_dir(model: str) -> str:
+    """Where the download rule puts a public model checkpoint (``atomsift download MODEL``)."""
+    return f"{RESULTS}/checkpoints/{model}"
 
 
 def pretrain_dir(upstream: str, budget: str, backbone: str) -> str:
@@ -131,6 +136,8 @@ def check_grid(config: dict, source: str = "config") -> None:
         for t in spec["tasks"]:
             need("task", t, tasks, f"tables.{name}.tasks")
     for name, spec in extractors.items():
+        if "download" in spec:
+            need("model checkpoint", spec["download"], downloadable_models(), f"csi.extractors.{name}.download")
         if "pretrained" in spec:
             p = spec["pretrained"]
             need("upstream", p["upstream"], upstreams, f"csi.extractors.{name}.pretrained.upstream")
@@ -289,11 +296,29 @@ def moments_needed(config: dict) -> list[tuple[str, str, str, str]]:
     return sorted(out)
 
 
+def downloadable_models() -> dict:
+    """The model checkpoints ``atomsift download`` knows: name -> release."""
+    from atomsift.data.download import DATASETS
+
+    return {k: r for k, r in DATASETS.items() if r.kind != "dataset"}
+
+
+def models_downloaded(config: dict) -> list[str]:
+    """Public checkpoints the grid's extractors are built from."""
+    return sorted({s["download"] for s in config["csi"]["extractors"].values() if "download" in s})
+
+
 def extractor_spec(config: dict, extractor: str) -> str:
-    """What ``atomsift moments --extractor`` gets: a name such as random-tiny-0, or a checkpoint."""
+    """What ``atomsift moments --extractor`` gets: a name such as random-tiny-0, a checkpoint this
+    DAG pretrained, or a downloaded one (``eqv2:``-prefixed for EquiformerV2)."""
     spec = config["csi"]["extractors"][extractor]
     if "spec" in spec:
         return spec["spec"]
+    if "download" in spec:
+        release = downloadable_models()[spec["download"]]
+        filename = next(iter(release.files.values()))[0].filename
+        prefix = "eqv2:" if release.kind == "eqv2" else ""
+        return f"{prefix}{model_dir(spec['download'])}/{filename}"
     p = spec["pretrained"]
     return f"{pretrain_dir(p['upstream'], p['budget'], p['backbone'])}/model.pt"
 
@@ -347,24 +372,101 @@ def finetune_run(config: dict, task: str, backbone: str, seed: int) -> dict:
 # validation
 
 
-def validate_config(config: dict, schema_path: str, source: str = "config") -> None:
-    """Check ``config`` against the JSON schema, then the cross-references.
+def validate_config(config: dict, schema_path: str, source: str = "config", refs: dict[str, str] | None = None) -> None:
+    """Check ``config`` before any job: its ``options`` blocks with the run files' own typed
+    definition, the whole against the JSON schema, the cross-references, then every run file the
+    grid expands to (checks across keys, e.g. a target for a forces task).
 
     Raises one :class:`InputError` naming the config file and the offending field, e.g.
-    ``config.yaml: field 'tables.table1.budgets[0]': '1000*5' is not a budget N x E``.
+    ``config.yaml: field 'finetune.options.epohcs': unknown key 'epohcs', did you mean 'epochs'? ...``,
+    the same message ``atomsift finetune`` gives for that key in a run file. ``refs`` maps the
+    names of schema files the schema refers to (``run-options.schema.json``) to their paths
+    (default: beside ``schema_path``).
     """
     import jsonschema
-    import yaml
 
-    with open(schema_path) as fh:
-        schema = yaml.safe_load(fh)
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = list(validator.iter_errors(config))
+    checked = _checked_options(config, source)
+    validator = jsonschema.Draft202012Validator(_load_schema(schema_path), registry=_schema_registry(schema_path, refs))
+    errors = list(validator.iter_errors(checked))
     if errors:
         err = jsonschema.exceptions.best_match(errors)
         field = _field_path(err.absolute_path) or "(top level)"
         raise InputError(_explain(err), path=source, field=field)
     check_grid(config, source)
+    check_run_files(config, source)
+
+
+def _load_schema(path) -> dict:
+    import json
+
+    import yaml
+
+    with open(path) as fh:
+        return json.load(fh) if str(path).endswith(".json") else yaml.safe_load(fh)
+
+
+def _schema_registry(schema_path: str, refs: dict[str, str] | None = None):
+    """References such as ``run-options.schema.json#/$defs/pretrain`` resolve to ``refs[name]``,
+    else to the file of that name beside the schema."""
+    from pathlib import Path
+
+    from referencing import Registry, Resource
+
+    root = Path(schema_path).parent
+
+    def retrieve(uri: str):
+        return Resource.from_contents(_load_schema((refs or {}).get(uri) or root / uri))
+
+    return Registry(retrieve=retrieve)
+
+
+def _options_blocks(config: dict):
+    """(verb, dotted place, holder dict) of every ``options`` block of the configuration."""
+    for verb in ("pretrain", "finetune"):
+        if isinstance(config.get(verb), dict) and "options" in config[verb]:
+            yield verb, f"{verb}.options", config[verb]
+    if isinstance(config.get("tasks"), dict):
+        for t, spec in config["tasks"].items():
+            if isinstance(spec, dict) and "options" in spec:
+                yield "finetune", f"tasks.{t}.options", spec
+
+
+def _checked_options(config: dict, source: str) -> dict:
+    """A copy of ``config`` whose options blocks passed the run files' validation, normalised (a
+    number written as text becomes a number) so that the JSON schema sees what the verbs will."""
+    import copy
+
+    from atomsift.train.config import check_options
+
+    out = copy.deepcopy(config)
+    for verb, where, holder in _options_blocks(out):
+        holder["options"] = check_options(verb, holder["options"], source, where)
+    return out
+
+
+def check_run_files(config: dict, source: str = "config") -> None:
+    """Validate the run file of every pretraining job and of every (task, backbone) finetuning job
+    the grid asks for, naming the configuration key each run-file key came from."""
+    from atomsift.train.config import check_run_file
+
+    for u, b, bb in pretrain_runs(config):
+        opts = config["pretrain"].get("options", {})
+        grid = {"size": f"backbones.{bb}.size", "seed": "pretrain.seed", "upstream": f"upstreams.{u}.mix",
+                "n_structures": f"budget {b} (N)", "epochs": f"budget {b} (E)"}
+        check_run_file("pretrain", pretrain_run(config, u, b, bb), source,
+                       lambda key: f"pretrain.options.{key}" if key in opts else grid.get(key, key))
+    for t, bb in sorted({(c.task, c.backbone) for c in all_cells(config)}):
+        spec = config["tasks"][t]
+        opts, task_opts = config["finetune"].get("options", {}), spec.get("options", {})
+        grid = {"task": f"tasks.{t}.recipe" if "recipe" in spec else f"tasks.{t}", "store": f"tasks.{t}.dataset",
+                "target": f"tasks.{t}.target", "size": f"backbones.{bb}.size", "seed": "finetune.seeds"}
+
+        def origin(key, t=t, opts=opts, task_opts=task_opts, grid=grid):
+            if key in task_opts:
+                return f"tasks.{t}.options.{key}"
+            return f"finetune.options.{key}" if key in opts else grid.get(key, key)
+
+        check_run_file("finetune", finetune_run(config, t, bb, config["finetune"]["seeds"][0]), source, origin)
 
 
 def _field_path(parts) -> str:
@@ -375,14 +477,16 @@ def _field_path(parts) -> str:
 
 
 def _explain(err) -> str:
-    """A short sentence for a jsonschema error (its own message can dump whole objects)."""
+    """A short sentence for a jsonschema error (its own message can dump whole objects), in the
+    phrases of the run files' errors (:mod:`atomsift.train.config`)."""
     v = err.validator
     inst = err.instance
     if v == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
         extra = sorted(set(inst) - set(allowed)) if isinstance(inst, dict) else []
-        hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
-        return f"unknown key {', '.join(repr(e) for e in extra)}{hint}"
+        if extra:
+            return unknown_key(extra[0], allowed)
+        return "unknown key"
     if v == "required":
         return err.message
     if v == "pattern":

@@ -10,11 +10,13 @@ and the compute spent per cell (structures seen and wall time of every job).
 from __future__ import annotations
 
 import csv
+import io
 import math
 from importlib import metadata
 from pathlib import Path
 
 from atomsift.errors import InputError
+from atomsift.safeio import read_text
 
 from . import published
 from .figures import read_csi
@@ -211,7 +213,7 @@ def _paper_task(name: str, task: dict) -> str:
 def _read_benchmark(path: str | Path) -> float | None:
     """Wall seconds from a Snakemake benchmark TSV (first column ``s``), or None if absent."""
     try:
-        with Path(path).open(newline="") as fh:
+        with io.StringIO(read_text(path), newline="") as fh:
             rows = list(csv.DictReader(fh, delimiter="\t"))
     except FileNotFoundError:
         return None
@@ -225,7 +227,7 @@ def _structures_seen(metrics_path: str | Path) -> int | None:
     import json
 
     try:
-        m = json.loads(Path(metrics_path).read_text())
+        m = json.loads(read_text(metrics_path))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     for key in ("structures_seen", "seen", "budget_seen"):

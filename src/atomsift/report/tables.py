@@ -17,6 +17,7 @@ from pathlib import Path
 
 from atomsift.errors import InputError
 from atomsift.fsio import write_text
+from atomsift.safeio import read_text
 
 from .grid import NONE, budget_label, parse_budget
 from .published import UPSTREAM_LABELS
@@ -31,7 +32,7 @@ def read_mae(path: str | Path) -> float:
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_text(path))
     except FileNotFoundError:
         raise InputError("metrics file does not exist", path=path) from None
     except json.JSONDecodeError as exc:
@@ -55,18 +56,11 @@ def read_mae(path: str | Path) -> float:
 
 
 def load_spec(path: str | Path) -> dict:
-    import yaml
+    """A spec the DAG wrote (table, figure, report), read as every YAML input is (UTF-8, valid YAML,
+    a mapping; one line naming the file otherwise)."""
+    from atomsift.safeio import read_yaml_mapping
 
-    path = Path(path)
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise InputError("spec file does not exist", path=path) from None
-    except yaml.YAMLError as exc:
-        raise InputError(f"not valid YAML ({exc})", path=path) from None
-    if not isinstance(spec, dict):
-        raise InputError("expected a mapping", path=path)
-    return spec
+    return read_yaml_mapping(path, what="spec file", max_bytes=64 << 20)
 
 
 def collect(cells: list[dict]) -> dict[tuple, dict[int, float]]:
@@ -203,7 +197,7 @@ def merge_csi(parts: list[str | Path], out: str | Path) -> int:
     for p in parts:
         p = Path(p)
         try:
-            with p.open(newline="") as fh:
+            with io.StringIO(read_text(p), newline="") as fh:
                 reader = csv.reader(fh)
                 h = next(reader, None)
                 if h is None:

@@ -49,8 +49,15 @@ def _generate(args) -> int:
     for opt in ("qm9", "metals", "oxides", "adsorbates", "molecule", "amino_acids"):
         if getattr(args, opt) is not None and opt not in allowed:
             raise InputError(f"--{opt.replace('_', '-')} does not apply to {args.name}", field=opt)
-    if args.n is not None and args.n <= 0:
-        raise InputError(f"--n must be a positive integer, got {args.n}", field="n")
+    if args.n is not None:
+        from atomsift.data.mini.common import check_n
+
+        check_n(args.n, args.name)
+    from atomsift.data.store import check_store_output
+
+    if not 0 <= args.seed < 2**32:
+        raise InputError(f"must be in 0..2**32-1 (a numpy RandomState seed), got {args.seed}", field="--seed")
+    check_store_output(args.out)  # before minutes of labelling: --out must be a store, empty or new
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
     opts = {k: getattr(args, k) for k in ("metals", "oxides", "adsorbates", "molecule", "amino_acids") if getattr(args, k) is not None}
     summary = generate(args.name, args.out, n=args.n, seed=args.seed, workers=args.workers, qm9=args.qm9, **opts)

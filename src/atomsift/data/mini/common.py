@@ -323,13 +323,21 @@ def write_store(out, *, name: str, family: str, version: str, level_of_theory: s
     return Path(out)
 
 
+# Largest analog: each structure is labelled by xtb or EMT at 1-500 ms (docs/mini-universe.md), so
+# 10^6 is already days of CPU; the bound stops `--n 10^12` before any generator sizes its work.
+MAX_N = 1_000_000
+
+
 def check_n(n, name: str) -> int:
     try:
         n_int = int(n)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InputError(f"--n must be a positive integer, got {n!r}", field="n") from None
     if n_int != n or n_int <= 0:
         raise InputError(f"{name}: --n must be a positive integer, got {n}", field="n")
+    if n_int > MAX_N:
+        raise InputError(f"{name}: --n must be at most {MAX_N:,} (a mini-universe analog; labelling costs 1-500 ms "
+                         f"per structure), got {n_int}", field="n")
     return n_int
 
 

@@ -17,6 +17,8 @@ structures one validation and one test structure (from 3 on), the rest train.
 
 from __future__ import annotations
 
+from collections import deque
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +63,82 @@ def _file_format(src: Path) -> str:
     if fmt not in ioformats or not ioformats[fmt].can_read:
         raise InputError(f"not a file ASE can read (unknown format '{fmt}')", path=src)
     return fmt
+
+
+def check_xyz_counts(src: Path, fmt: str) -> None:
+    """Check every frame's claimed atom count of an (ext)xyz file against the lines the file holds.
+
+    ASE's extxyz reader indexes frames by calling ``readline()`` once per claimed atom, and
+    ``readline()`` at the end of a file returns '' forever: a header claiming 10^12 atoms spins
+    for days. Here the lines are counted first (C-speed chunk scans) and each header's claim
+    checked before any line is skipped; a header that is not an integer is left to ASE to report.
+    """
+    if fmt not in ("extxyz", "xyz"):
+        return
+    from ase.io.formats import open_with_compression
+
+    with open_with_compression(str(src), "rb") as fh:
+        total, last = 0, b"\n"
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            total += block.count(b"\n")
+            last = block[-1:]
+        total += last != b"\n"  # a final line without a newline
+    with open_with_compression(str(src), "rb") as fh:
+        line_no, frame = 0, 0
+        line = fh.readline()
+        while line.strip():
+            try:
+                natoms = int(line)
+            except ValueError:
+                return  # not a count: ASE's own error names it
+            if natoms < 0:
+                raise InputError(f"cannot read as {fmt}: frame {frame} (line {line_no + 1}): header claims {natoms} atoms",
+                                 path=src, field="natoms")
+            left = total - line_no - 2  # lines after the header and the comment line
+            if natoms > left:
+                raise InputError(f"cannot read as {fmt}: frame {frame} (line {line_no + 1}): header claims {natoms} atoms "
+                                 f"but the file has {max(left, 0)} more lines (truncated or corrupt)", path=src, field="natoms")
+            deque(islice(fh, natoms + 1), maxlen=0)  # the comment and atom lines, skipped in C
+            line_no += natoms + 2
+            line = fh.readline()
+            while line.lstrip().startswith(b"VEC"):  # extxyz lattice vectors after a frame
+                line_no += 1
+                line = fh.readline()
+            frame += 1
+
+
+def check_atoms(atoms, i: int, path) -> None:
+    """The checks every verb applies to a structure read from a user's file (``predict``,
+    ``select``, ``prepare ase``): at least one atom, atomic numbers 1..118, finite positions and cell."""
+    z = np.asarray(atoms.numbers)
+    if z.size == 0:
+        raise InputError(f"structure {i}: no atoms", path=path, field="numbers")
+    bad = np.flatnonzero((z < 1) | (z > 118))
+    if bad.size:
+        raise InputError(f"structure {i}: atomic number {int(z[bad[0]])} outside 1..118", path=path, field="numbers")
+    if not np.isfinite(atoms.positions).all():
+        raise InputError(f"structure {i}: non-finite position", path=path, field="positions")
+    if not np.isfinite(atoms.cell.array).all():
+        raise InputError(f"structure {i}: non-finite cell", path=path, field="cell")
+
+
+def read_frames(path, *, what: str = "file") -> list:
+    """Every frame of an ASE-readable file as ``Atoms``, each passed through :func:`check_atoms`;
+    any problem (missing file, unknown format, an (ext)xyz count the file cannot hold, ASE's own
+    errors, no frames) is one InputError naming the file."""
+    src = Path(path)
+    if not src.exists():
+        raise InputError(f"{what} does not exist", path=src)
+    if src.is_dir():
+        raise InputError("is a directory; expected a file ASE can read (extxyz, ASE db, traj, ...)", path=src)
+    fmt = _file_format(src)
+    check_xyz_counts(src, fmt)
+    frames = [atoms for _, atoms in _read_guarded(src, fmt, None)]
+    if not frames:
+        raise InputError(f"no frames (format {fmt})", path=src)
+    for i, atoms in enumerate(frames):
+        check_atoms(atoms, i, src)
+    return frames
 
 
 def _iter_atoms(src: Path, fmt: str):
@@ -159,6 +237,7 @@ def convert(
     if src.is_dir():
         raise InputError("is a directory; expected a file ASE can read (extxyz, ASE db, traj, ...)", path=src)
     fmt = _file_format(src)
+    check_xyz_counts(src, fmt)
     frames = _read_guarded(src, fmt, limit)
     first = next(frames, None)
     if first is None:
@@ -186,6 +265,7 @@ def convert(
         },
     ) as w:
         for i, atoms in records():
+            check_atoms(atoms, i, src)
             e = f = None
             if has_energy:
                 e = _energy(atoms, energy_key)

@@ -4,9 +4,9 @@
 Layout: one group per molecule (name = SMILES or PubChem id) holding ``atomic_numbers`` (N,),
 ``conformations`` (C, N, 3) bohr, ``dft_total_energy`` (C,) hartree, ``dft_total_gradient``
 (C, N, 3) hartree/bohr, ``formation_energy`` (C,) hartree, ``subset`` and ``smiles`` (1,)
-strings, optional ``mbis_*``, ``scf_*``, bond indices (not read). Where the first molecule's
-datasets carry a ``units`` attribute it must be the unit above (the SPICE *input* files hold
-nanometres); the release writer labels every group alike, so only the first is checked.
+strings, optional ``mbis_*``, ``scf_*``, bond indices (not read). Where a molecule's datasets
+carry a ``units`` attribute it must be the unit above (the SPICE *input* files hold nanometres);
+every group is checked, not only the first (a file assembled from several sources may mix units).
 
 - Units: positions x ``ase.units.Bohr`` (0.5291772105638411 A); energies x ``ase.units.Hartree``
   (27.211386024367243 eV); forces = **minus** the gradient x Hartree/Bohr (JMP fixed this sign
@@ -54,13 +54,13 @@ def _find(src: Path, subset: str | None) -> Path:
     return C.find_file(src, [], ["SPICE*.hdf5", "SPICE*.h5", "*.hdf5", "*.h5"], what="SPICE HDF5 file")
 
 
-def _check_units(ds, path, field: str, want: str) -> None:
-    unit = ds.attrs.get("units") if ds is not None else None
-    if unit is None:
-        return
-    unit = unit.decode() if isinstance(unit, bytes) else str(unit)
-    if unit.strip().lower() != want:
-        raise InputError(f"units are '{unit}', expected '{want}'", path=path, field=field)
+def _check_units(g, path, name: str) -> None:
+    """Every dataset's ``units`` attribute, where present, must be the release's unit (~0.4 ms a
+    group: a file whose later molecules hold nanometres or kcal/mol is refused, not converted wrong)."""
+    for key, want in UNITS.items():
+        unit = C.h5_attr_string(g, key, "units", path)
+        if unit is not None and unit.strip().lower() != want:
+            raise InputError(f"units are '{unit}', expected '{want}'", path=path, field=f"{name}/{key}")
 
 
 def convert(source, out: Path, *, dataset: str = NAME, subset: str | None = None, energy_key=None, forces_key=None,
@@ -97,9 +97,7 @@ def convert(source, out: Path, *, dataset: str = NAME, subset: str | None = None
                     seen_subsets.add(sub)
                     if want not in sub.lower():
                         continue
-                if n_groups == 0:  # the writer labels every group alike; checking one costs ~0.6 ms
-                    for key, unit in UNITS.items():
-                        _check_units(g.get(key), path, f"{name}/{key}", unit)
+                _check_units(g, path, name)
                 n_groups += 1
                 _add_molecule(w, g, path, name, gi, limit)
             if w.n_structures == 0 and want is not None:
