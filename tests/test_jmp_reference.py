@@ -99,6 +99,7 @@ def test_equals_jmp_gemnet_oc(ref, case, tmp_path):
     write_jmp_checkpoint(ck, meta, c["config"], dtype, c["seed"], c["ema_seed"])
     model, info = load_checkpoint(ck, ema=c["ema_seed"] is not None)
     assert info["source"] == "jmp" and next(model.parameters()).dtype == dtype
+    assert model.graph_rule == "jmp"  # JMP's weights come with JMP's neighbour rules by default
     structures = {s["name"]: s for s in meta["structures"]}
     worst = {}
     for name in c["structures"]:

@@ -110,8 +110,8 @@ def load_checkpoint(path, ema: bool = True, graph_rule: str | None = None, raw_a
     """Load our checkpoint or a JMP one (``ema``: use JMP's EMA weights; ``raw_alias``: keep the
     raw weights in ``out_blocks.*.layers`` as JMP's finetuning does, see the module docstring).
     ``graph_rule``: the neighbour rule its graphs use (``data.graphs.RULES``; default: the one
-    stored with our checkpoints, "invariant" for JMP's). Returns (model, meta); the model is in
-    eval mode."""
+    stored with our checkpoints, "jmp" for JMP's, whose weights were trained with it). Returns
+    (model, meta); the model is in eval mode."""
     from atomsift.data.graphs import RULES
 
     if graph_rule is not None and graph_rule not in RULES:
@@ -148,7 +148,8 @@ def load_checkpoint(path, ema: bool = True, graph_rule: str | None = None, raw_a
     sd = obj.get("state_dict")
     if isinstance(sd, dict) and any(k.startswith("backbone.") for k in sd):
         model, meta = _load_jmp(obj, path, ema, raw_alias)
-        model.graph_rule = graph_rule or "invariant"
+        # JMP's weights compute JMP's function with JMP's neighbour rules (docs/model.md)
+        model.graph_rule = graph_rule or "jmp"
         model.eval()
         return model, meta
     raise InputError("neither an atomsift model nor a JMP checkpoint (no 'format' / 'state_dict' with backbone.* keys)", path=path)
