@@ -271,6 +271,11 @@ def jmp_state_dict_shapes(c, tasks=PT) -> dict[str, tuple]:
             for k in (0, 1):
                 S[f"{prefix}.{j}.dense_mlp.{k}.linear.weight"] = (u, u)
 
+    def atom_mlp(prefix):  # JMP's get_mlp(E, A, num_atom): the Dense only when E != A
+        if E != A:
+            S[f"{prefix}.0.linear.weight"] = (A, E)
+        res_from(prefix, 1 if E != A else 0, c.num_atom, A)
+
     for i in range(nb):
         p = f"backbone.int_blocks.{i}."
         S[p + "dense_ca.linear.weight"] = (E, E)
@@ -305,8 +310,7 @@ def jmp_state_dict_shapes(c, tasks=PT) -> dict[str, tuple]:
         res(p + "atom_emb_layers", c.num_atom_emb_layers, A)
         S[p + "atom_update.dense_rbf.linear.weight"] = (E, er)
         S[p + "atom_update.scale_sum.scale_factor"] = ()
-        S[p + "atom_update.layers.0.linear.weight"] = (A, E)
-        res_from(p + "atom_update.layers", 1, c.num_atom, A)
+        atom_mlp(p + "atom_update.layers")
         S[p + "concat_layer.dense.linear.weight"] = (E, 2 * A + E)
         res(p + "residual_m", c.num_concat, E)
     for k in range(nb + 1):
@@ -314,11 +318,10 @@ def jmp_state_dict_shapes(c, tasks=PT) -> dict[str, tuple]:
         S[p + "dense_rbf.linear.weight"] = (E, er)
         S[p + "scale_sum.scale_factor"] = ()
         for alias in ("layers", "seq_energy_pre"):
-            S[p + alias + ".0.linear.weight"] = (A, E)
-            res_from(p + alias, 1, c.num_atom, A)
+            atom_mlp(p + alias)
         res(p + "seq_energy2", c.num_output_afteratom, A)
         S[p + "scale_rbf_F.scale_factor"] = ()
-        res(p + "seq_forces", c.num_output_afteratom, E)
+        res(p + "seq_forces", c.num_atom, E)  # JMP: get_mlp(E, E, nHidden=num_atom)
         S[p + "dense_rbf_F.linear.weight"] = (E, er)
     for n, u in (("E", A), ("F", E)):
         S[f"backbone.out_mlp_{n}.out_mlp.0.linear.weight"] = (u, u * (nb + 1))

@@ -16,7 +16,7 @@ molecules: ~10k candidate pairs); periodic images are enumerated like OCP's ``ra
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -39,6 +39,21 @@ class GraphSettings:
     pbc: bool | None = None
     conditional_max_neighbors: bool = False
     qint_tags: tuple[int, ...] = (1, 2)
+    rule: str = "invariant"
+
+    def __post_init__(self):
+        if self.rule not in RULES:
+            raise ValueError(f"unknown neighbour rule {self.rule!r}; choose from {', '.join(RULES)}")
+
+
+# "invariant" (default): a nearest-k cap keeps every neighbour tied with the k-th (within
+# TIE_TOL), and the main graph is symmetrised by union (a pair is kept when either atom counts
+# the other among its k nearest), so graphs do not depend on atom order, cell choice or rotation.
+# "jmp": JMP's own rules, for exact reproduction: a strict cap (ties broken by enumeration order)
+# and a symmetrisation that keeps a pair only when the edge whose source has the lower atom index
+# was selected (so an asymmetric pair survives or not depending on atom order). docs/model.md.
+RULES = ("invariant", "jmp")
+TIE_TOL = 1e-4  # Angstrom: distances this close to the k-th are the same shell
 
 
 # JMP's per-dataset table (JMP.md §1.3).
@@ -57,14 +72,13 @@ _TABLE: dict[str, GraphSettings] = {
 }
 
 
-def graph_settings(dataset: str | list[str] | None) -> GraphSettings:
+def graph_settings(dataset: str | list[str] | None, rule: str = "invariant") -> GraphSettings:
     """JMP's graph settings for a dataset family; unknown names (and "ase") get 12 Angstrom, k=30,
     pbc taken from each structure. A list of names (mixed batch) uses its first name."""
     if isinstance(dataset, (list, tuple)):
         dataset = dataset[0] if dataset else None
-    if dataset is None:
-        return GraphSettings()
-    return _TABLE.get(str(dataset).lower(), GraphSettings())
+    base = GraphSettings() if dataset is None else _TABLE.get(str(dataset).lower(), GraphSettings())
+    return base if rule == base.rule else replace(base, rule=rule)
 
 
 def max_neighbors_per_structure(settings: GraphSettings, natoms: Tensor) -> Tensor:
@@ -216,17 +230,26 @@ def _csr(target: Tensor, n: int) -> tuple[Tensor, Tensor]:
     return deg, torch.cumsum(deg, 0) - deg
 
 
-def nearest_k_mask(target: Tensor, distance: Tensor, k_per_edge: Tensor, n_atoms: int) -> Tensor:
-    """Keep, for every target atom, its k nearest edges (stable: ties keep the earlier edge)."""
+def nearest_k_mask(target: Tensor, distance: Tensor, k_per_edge: Tensor, n_atoms: int, ties: bool = True) -> Tensor:
+    """Keep, for every target atom, its k nearest edges. ``ties``: also every edge within
+    ``TIE_TOL`` of the k-th distance (so the result does not depend on edge order); otherwise
+    exactly k, ties going to the earlier edge (JMP's strict cap)."""
     if target.numel() == 0:
         return torch.ones(0, dtype=torch.bool, device=target.device)
     order = torch.argsort(distance, stable=True)
     order = order[torch.argsort(target[order], stable=True)]
     deg, start = _csr(target, n_atoms)
     rank = torch.arange(order.numel(), device=target.device) - start[target[order]]
-    mask = torch.zeros_like(target, dtype=torch.bool)
-    mask[order] = rank < k_per_edge[order]
-    return mask
+    if not ties:
+        mask = torch.zeros_like(target, dtype=torch.bool)
+        mask[order] = rank < k_per_edge[order]
+        return mask
+    # k-th smallest distance of every target atom (inf where it has k or fewer edges)
+    k_t = torch.zeros(n_atoms, dtype=torch.long, device=target.device).index_copy_(0, target, k_per_edge)
+    kth = torch.full((n_atoms,), math.inf, dtype=distance.dtype, device=distance.device)
+    at_k = rank == k_t[target[order]] - 1
+    kth[target[order][at_k]] = distance[order][at_k]
+    return distance <= kth[target] + TIE_TOL
 
 
 def _image_repetitions(cell: Tensor, pbc: Tensor, cutoff: float) -> Tensor:
@@ -250,6 +273,7 @@ def radius_graph(
     cutoff: float,
     max_neighbors: Tensor | int,
     chunk: int = 4_000_000,
+    ties: bool = True,
 ) -> Graph:
     """All edges s->t with 1e-2 < d <= cutoff between atoms of the same structure (periodic images
     included where ``pbc``), then the nearest-k cap per target atom (k per structure).
@@ -309,39 +333,59 @@ def radius_graph(
     g = Graph(torch.stack([s, t]), off, dist, torch.bincount(batch[t], minlength=B))
     if not isinstance(max_neighbors, Tensor):
         max_neighbors = torch.full((B,), int(max_neighbors), dtype=torch.long, device=device)
-    keep = nearest_k_mask(t, dist, max_neighbors[batch[t]], N)
+    keep = nearest_k_mask(t, dist, max_neighbors[batch[t]], N, ties=ties)
     return g.select(keep, batch, B)
 
 
-def subselect(g: Graph, cutoff: float, k: Tensor, cutoff_parent: float, k_parent: Tensor, batch: Tensor, B: int) -> Graph:
+def subselect(g: Graph, cutoff: float, k: Tensor, cutoff_parent: float, k_parent: Tensor, batch: Tensor, B: int,
+              ties: bool = True) -> Graph:
     """JMP's ``subselect_graph``: a sub-graph with a smaller cutoff and/or k."""
     mask = torch.ones(g.num_edges, dtype=torch.bool, device=g.edge_index.device)
     if cutoff < cutoff_parent:
         mask &= g.distance <= cutoff
     if bool((k < k_parent).any()):
         t = g.edge_index[1]
-        mask &= nearest_k_mask(t, torch.where(mask, g.distance, torch.full_like(g.distance, math.inf)), k[batch[t]], batch.numel())
+        mask &= nearest_k_mask(t, torch.where(mask, g.distance, torch.full_like(g.distance, math.inf)), k[batch[t]], batch.numel(), ties=ties)
     return g.select(mask, batch, B)
 
 
-def symmetrize(g: Graph, batch: Tensor, B: int) -> Graph:
-    """Keep "forward" edges (s < t, or s == t with a lexicographically negative offset), append
-    their reverses and sort by target; ``id_swap`` maps each edge to its reverse."""
-    s, t = g.edge_index
-    o = g.cell_offset
+def _forward_edges(s: Tensor, t: Tensor, o: Tensor) -> Tensor:
+    """JMP's "forward" half: s < t, or s == t with a lexicographically negative image offset."""
     neg = (o[:, 0] < 0) | ((o[:, 0] == 0) & (o[:, 1] < 0)) | ((o[:, 0] == 0) & (o[:, 1] == 0) & (o[:, 2] < 0))
-    fwd = (s < t) | ((s == t) & neg)
-    s, t, o, d = s[fwd], t[fwd], o[fwd], g.distance[fwd]
+    return (s < t) | ((s == t) & neg)
+
+
+def symmetrize(g: Graph, batch: Tensor, B: int, rule: str = "invariant") -> Graph:
+    """Every edge with its reverse (same pair of atoms, negated image offset), sorted by target;
+    ``id_swap`` maps each edge to its reverse.
+
+    ``rule="invariant"``: the union — a pair is kept when either direction was selected.
+    ``rule="jmp"``: JMP's ``symmetrize_edges`` — keep the "forward" edges (s < t, or s == t with a
+    lexicographically negative offset) and add their reverses, which drops a pair selected only
+    in its backward direction (a choice that depends on atom order)."""
+    s, t = g.edge_index
+    o, d = g.cell_offset, g.distance
+    if rule != "jmp":  # union: both directions of every selected edge; each pair kept once below
+        s, t, o, d = torch.cat([s, t]), torch.cat([t, s]), torch.cat([o, -o]), torch.cat([d, d])
+    fwd = _forward_edges(s, t, o)
+    s, t, o, d = s[fwd], t[fwd], o[fwd], d[fwd]
+    n = max(1, batch.numel())
+    K = int(o.abs().max()) + 1 if o.numel() else 1
+    if rule != "jmp":
+        key = (s * n + t) * (2 * K + 1) ** 3 + _offset_code(o, K)
+        perm = torch.argsort(key, stable=True)
+        first = torch.ones_like(perm, dtype=torch.bool)
+        first[1:] = key[perm][1:] != key[perm][:-1]
+        sel = perm[first]
+        s, t, o, d = s[sel], t[sel], o[sel], d[sel]
     nf = s.numel()
     s2 = torch.cat([s, t])
     t2 = torch.cat([t, s])
     o2 = torch.cat([o, -o])
     d2 = torch.cat([d, d])
     swap = torch.cat([torch.arange(nf, 2 * nf), torch.arange(0, nf)]).to(s.device)
-    # sort by (target, source) so per-atom lists are contiguous and deterministic
-    n = max(1, batch.numel())
-    key = t2 * n + s2
-    perm = torch.argsort(key, stable=True)
+    # sort by (target, source, image) so per-atom lists are contiguous and deterministic
+    perm = torch.argsort((t2 * n + s2) * (2 * K + 1) ** 3 + _offset_code(o2, K), stable=True)
     inv = torch.empty_like(perm)
     inv[perm] = torch.arange(perm.numel(), device=perm.device)
     ei = torch.stack([s2[perm], t2[perm]])
@@ -509,15 +553,16 @@ def build_graphs(
     k_aint = (k_main * 1000) // 30
     k_ae = (k_main * 20) // 30
     k_q = (k_main * 8) // 30
-    a2a = radius_graph(pos, cell, pbc, natoms, settings.cutoff, k_aint)
+    ties = settings.rule != "jmp"
+    a2a = radius_graph(pos, cell, pbc, natoms, settings.cutoff, k_aint, ties=ties)
     if edge_dropout > 0.0:
         keep = torch.rand(a2a.num_edges, generator=generator, device=device) >= edge_dropout
         a2a = a2a.select(keep, batch, B)
-    main = subselect(a2a, settings.cutoff, k_main, settings.cutoff, k_aint, batch, B)
-    a2ee2a = subselect(a2a, settings.cutoff, k_ae, settings.cutoff, k_aint, batch, B)
-    qint = subselect(a2a, settings.cutoff, k_q, settings.cutoff, k_aint, batch, B)
+    main = subselect(a2a, settings.cutoff, k_main, settings.cutoff, k_aint, batch, B, ties)
+    a2ee2a = subselect(a2a, settings.cutoff, k_ae, settings.cutoff, k_aint, batch, B, ties)
+    qint = subselect(a2a, settings.cutoff, k_q, settings.cutoff, k_aint, batch, B, ties)
     qint = tag_filter(qint, effective_tags(tags, batch, B), settings.qint_tags, batch, B)
-    main = symmetrize(main, batch, B)
+    main = symmetrize(main, batch, B, settings.rule)
     main_pad, qint_pad = padded(main, N), padded(qint, N)
     quad = quadruplet_triplets(main, qint, N)
     e_ca = quad.triplet_out.out[quad.excl_out]

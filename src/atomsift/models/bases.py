@@ -41,13 +41,15 @@ class RadialBasis(nn.Module):
         self.cutoff = float(cutoff)
         self.envelope = PolynomialEnvelope(exponent)
         self.num_radial = num_radial
-        self.register_buffer("offset", torch.linspace(0, 1, num_radial), persistent=False)
-        self.register_buffer("temps", torch.tensor(-0.5 * (num_radial - 1) ** 2), persistent=False)
+        # built in float64 and rounded once to the model's dtype (a float32 linspace is off by an
+        # ulp, which a float64 model would otherwise inherit)
+        self.register_buffer("offset", torch.linspace(0, 1, num_radial, dtype=torch.float64), persistent=False)
+        self.register_buffer("temps", torch.tensor(-0.5 * (num_radial - 1) ** 2, dtype=torch.float64), persistent=False)
 
     def reset_buffers(self) -> None:
         """Recompute the (non-persistent) buffers, e.g. after ``to_empty``."""
         with torch.no_grad():
-            self.offset.copy_(torch.linspace(0, 1, self.num_radial))
+            self.offset.copy_(torch.linspace(0, 1, self.num_radial, dtype=torch.float64))
             self.temps.fill_(-0.5 * (self.num_radial - 1) ** 2)
 
     def forward(self, d: Tensor) -> Tensor:
@@ -87,8 +89,11 @@ class BasisEmbedding(nn.Module):
     def forward(self, rbf: Tensor) -> Tensor:
         if self.num_spherical is None:
             return rbf @ self.weight.t()
-        r = rbf @ self.weight.reshape(self.num_radial, -1)
-        return r.view(-1, self.num_spherical, self.emb).transpose(1, 2)  # (n, emb, L)
+        r = rbf @ self.weight.reshape(self.num_radial, -1)  # columns (l, i): l * emb + i
+        # JMP reshapes these columns to (emb, L) row-major, i.e. R[:, i, l] = r[:, i * L + l]: not
+        # the transpose of the weight's (L, emb) layout. Weights trained by JMP only make sense
+        # read this way, so we do the same (format 2 of our checkpoints; models/checkpoint.py)
+        return r.view(-1, self.emb, self.num_spherical)  # (n, emb, L)
 
 
 class EdgeEmbedding(nn.Module):
@@ -263,8 +268,8 @@ def quadruplet_operators(dh: dict, Y_phi: Tensor, R: Tensor, out_t: Tensor, out_
     L = dh["y0"].shape[0]
     E, I = R.shape[0], R.shape[1]
     Yp = Y_phi.view(N, Kc, L, Kq)[out_t, out_slot]  # (E, L, Kq)
-    # R is BasisEmbedding's transposed view of a (E, l, l', i) array: contract l on that layout
-    Rl = R.transpose(1, 2).reshape(E, L, L * I)  # no copy: rows l, columns (l', i)
+    # R (E, I, L * L), column l * L + l' (legendre_outer order): rows l, columns (l', i)
+    Rl = R.view(E, I, L, L).permute(0, 2, 3, 1).reshape(E, L, L * I)
     Q = torch.bmm(Yp.transpose(1, 2), Rl).view(E, Kq, L, I)  # Q[e, b, l', i]
     Yex = dh["Yex"].permute(0, 2, 1, 3)[out_t, out_slot]  # (E, Kq, L)
     Qx = (Q * Yex[..., None]).sum(2)  # (E, Kq, I)

@@ -1,8 +1,9 @@
 """Checkpoint I/O: our own format, JMP's public Lightning checkpoints, and feature extractors.
 
-Our format is a plain ``torch.save`` of ``{"format": "atomsift-model", "version": 1, "config":
+Our format is a plain ``torch.save`` of ``{"format": "atomsift-model", "version": 2, "config":
 {...}, "state_dict": {...}, "meta": {...}}`` (dicts, strings, numbers, tensors only: no pickled
-classes), so it loads with ``torch.load(weights_only=True)``.
+classes); every file is read through :mod:`atomsift.safeload`, which never calls a callable it does
+not allow.
 
 JMP's ``jmp-s.pt`` / ``jmp-l.pt`` (JMP.md §2) are mapped key by key: ``embedding.atom_embedding.weight``
 -> ``embedding.weight``; ``backbone.*`` unchanged except the deterministic radial-basis buffers
@@ -11,8 +12,14 @@ alias of ``out_blocks.*.layers`` (dropped); ``output.out_energy.{t}`` / ``output
 -> ``heads.{task}.energy_mlp`` / ``force_mlp``; ``task_steps.*`` (metric state) ignored. With
 ``ema=True`` (default) the EMA weights of ``optimizer_states[0]["ema"]`` replace the raw ones
 (zipped with the state-dict keys in order, minus buffers, aliases and metric state, as JMP's
-``finetune_state_dict``); we use EMA weights everywhere, including ``out_blocks.*.layers``
-(JMP's own loader leaves the raw weights there through the alias; see JMP.md §2 "Quirk").
+``finetune_state_dict``). JMP's finetuning then loads that state dict with
+``load_state_dict``, which visits the ``seq_energy_pre`` alias after ``layers`` and so puts the
+raw weights back into ``out_blocks.*.layers`` (JMP.md §2 "Quirk"); we do the same by default
+(``raw_alias=True``), so a model loaded here computes what JMP's finetuning starts from, and
+``raw_alias=False`` gives EMA weights everywhere.
+
+Format versions (``FORMAT_VERSION``; docs/model.md): 2 since GemNet-OC computes JMP's function;
+format-1 files are converted on load where that is exact, refused in one line where not.
 """
 
 from __future__ import annotations
@@ -32,6 +39,10 @@ from atomsift.models.heads import HeadSpec
 from atomsift.models.model import GemNetModel, build_model
 
 FORMAT = "atomsift-model"
+# 2: GemNet-OC computes JMP's function (issue 13): BasisEmbedding reads its radial x angular
+#    projection as JMP does, and the atom update has JMP's Dense only when emb_size_edge !=
+#    emb_size_atom. 1: before that (see upgrade_state_dict).
+FORMAT_VERSION = 2
 JMP_TASKS = ("oc20", "oc22", "ani1x", "transition1x")
 
 
@@ -40,7 +51,7 @@ def save_checkpoint(path, model: GemNetModel, meta: dict | None = None) -> Path:
     path = Path(path)
     obj = {
         "format": FORMAT,
-        "version": 1,
+        "version": FORMAT_VERSION,
         "config": model.model_config(),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "meta": dict(meta or {}),
@@ -95,9 +106,16 @@ def _fields(obj) -> dict:
     return inner if isinstance(inner, dict) else d
 
 
-def load_checkpoint(path, ema: bool = True) -> tuple[GemNetModel, dict]:
-    """Load our checkpoint or a JMP one (``ema``: use JMP's EMA weights). Returns (model, meta);
-    the model is in eval mode."""
+def load_checkpoint(path, ema: bool = True, graph_rule: str | None = None, raw_alias: bool = True) -> tuple[GemNetModel, dict]:
+    """Load our checkpoint or a JMP one (``ema``: use JMP's EMA weights; ``raw_alias``: keep the
+    raw weights in ``out_blocks.*.layers`` as JMP's finetuning does, see the module docstring).
+    ``graph_rule``: the neighbour rule its graphs use (``data.graphs.RULES``; default: the one
+    stored with our checkpoints, "jmp" for JMP's, whose weights were trained with it). Returns
+    (model, meta); the model is in eval mode."""
+    from atomsift.data.graphs import RULES
+
+    if graph_rule is not None and graph_rule not in RULES:
+        raise InputError(f"unknown graph rule {graph_rule!r}; choose from {', '.join(RULES)}")
     path = Path(path)
     if not path.exists():
         raise InputError("checkpoint does not exist", path=path)
@@ -107,28 +125,80 @@ def load_checkpoint(path, ema: bool = True) -> tuple[GemNetModel, dict]:
     if obj.get("format") == FORMAT:
         cfg = obj.get("config") or {}
         try:
-            model = _empty_model(BackboneConfig(**cfg["backbone"]), {k: HeadSpec(**v) for k, v in cfg["heads"].items()}, cfg.get("size"))
+            bb = BackboneConfig(**cfg["backbone"])
+            heads = {k: HeadSpec(**v) for k, v in cfg["heads"].items()}
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"bad model config ({exc})", path=path, field="config") from exc
-        _load_strict(model, obj["state_dict"], path)
+        sd = obj.get("state_dict")
+        if not isinstance(sd, dict):
+            raise InputError("no state_dict", path=path, field="state_dict")
+        meta = dict(obj.get("meta") or {})
+        version = obj.get("version")
+        if version != FORMAT_VERSION:
+            sd = upgrade_state_dict(sd, bb, version, path)
+            meta["converted_from_version"] = version
+        stored_rule = cfg.get("graph_rule", "invariant")
+        if stored_rule not in RULES:
+            raise InputError(f"unknown graph rule {stored_rule!r}; choose from {', '.join(RULES)}", path=path, field="config.graph_rule")
+        model = _empty_model(bb, heads, cfg.get("size"), _float_dtype(sd))
+        model.graph_rule = graph_rule or stored_rule
+        _load_strict(model, sd, path)
         model.eval()
-        return model, dict(obj.get("meta") or {})
+        return model, meta
     sd = obj.get("state_dict")
     if isinstance(sd, dict) and any(k.startswith("backbone.") for k in sd):
-        model, meta = _load_jmp(obj, path, ema)
+        model, meta = _load_jmp(obj, path, ema, raw_alias)
+        # JMP's weights compute JMP's function with JMP's neighbour rules (docs/model.md)
+        model.graph_rule = graph_rule or "jmp"
         model.eval()
         return model, meta
     raise InputError("neither an atomsift model nor a JMP checkpoint (no 'format' / 'state_dict' with backbone.* keys)", path=path)
 
 
-def _empty_model(cfg: BackboneConfig, heads: dict, size: str | None) -> GemNetModel:
+def upgrade_state_dict(sd: dict, cfg: BackboneConfig, version, path: Path) -> dict:
+    """Weights of checkpoint format ``version`` rewritten for the current model, or a one-line
+    refusal where the old function cannot be expressed (docs/model.md, "Checkpoint format").
+
+    Format 1 read a BasisEmbedding's (num_radial, L, emb) weight as R[i, l] = W[:, l, i]; format
+    2 reads it as JMP does, R[i, l] = W.reshape(num_radial, L * emb)[:, i * L + l]. The same
+    function in format 2 is the weight with its (L, emb) axes transposed and re-flattened, exact.
+    Format 1 also put a Dense(emb_size_edge -> emb_size_atom) in every atom-update MLP, which JMP
+    omits when the two widths are equal (the tiny size): no format-2 model computes that function."""
+    if version == 1:
+        if cfg.emb_size_edge == cfg.emb_size_atom:
+            raise InputError(
+                "checkpoint format 1 with emb_size_edge == emb_size_atom (e.g. size tiny) cannot be converted: its atom "
+                "update has a dense layer that JMP's GemNet-OC (format 2) does not; retrain it with this version",
+                path=path, field="version")
+        out = dict(sd)
+        for k, v in sd.items():
+            if re.fullmatch(r"backbone\.bases\.mlp_(cbf|sbf)_\w+\.weight", k) and isinstance(v, Tensor) and v.dim() == 3:
+                n_rad, n_sph, emb = v.shape
+                out[k] = v.permute(0, 2, 1).reshape(n_rad, n_sph, emb).clone()
+        return out
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise InputError(f"checkpoint format {version} is newer than this atomsift reads ({FORMAT_VERSION}); upgrade atomsift",
+                         path=path, field="version")
+    raise InputError(f"unknown checkpoint format version {version!r} (this atomsift reads 1 and {FORMAT_VERSION})", path=path, field="version")
+
+
+def _float_dtype(sd: dict) -> torch.dtype:
+    """The floating dtype of a state dict's tensors (a float64 checkpoint gives a float64 model:
+    loading into float32 first would round its weights)."""
+    for v in sd.values():
+        if isinstance(v, Tensor) and v.is_floating_point():
+            return v.dtype
+    return torch.float32
+
+
+def _empty_model(cfg: BackboneConfig, heads: dict, size: str | None, dtype: torch.dtype = torch.float32) -> GemNetModel:
     """A model with uninitialised weights (built on the meta device: no init cost), to be filled
     by a state dict."""
     from atomsift.models.bases import RadialBasis
 
     with torch.device("meta"):
         model = GemNetModel(cfg, heads, size=size)
-    model = model.to_empty(device="cpu")
+    model = model.to_empty(device="cpu").to(dtype)
     for mod in model.modules():
         if isinstance(mod, RadialBasis):
             mod.reset_buffers()
@@ -220,14 +290,19 @@ def jmp_ema_state_dict(obj: dict, path: Path) -> dict:
     return out
 
 
-def _load_jmp(obj: dict, path: Path, ema: bool) -> tuple[GemNetModel, dict]:
+def _load_jmp(obj: dict, path: Path, ema: bool, raw_alias: bool = True) -> tuple[GemNetModel, dict]:
     sd = jmp_ema_state_dict(obj, path) if ema else obj["state_dict"]
+    if ema and raw_alias:
+        # JMP's load_state_dict visits the seq_energy_pre alias last: out_blocks.*.layers keep
+        # the raw weights stored under that name
+        raw = obj["state_dict"]
+        sd = {k: (raw[k.replace(".layers.", ".seq_energy_pre.", 1)] if _is_aliased_layer(k, raw) else v) for k, v in sd.items()}
     cfg = _jmp_config(obj, sd)
     tasks = sorted({int(m.group(1)) for k in sd for m in [re.match(r"output\.out_energy\.(\d+)\.", k)] if m})
     names = _jmp_task_names(obj, len(tasks))
     kind = "energy_direct_forces" if cfg.direct_forces else "energy"
     heads = {names[t]: HeadSpec(kind) for t in tasks}
-    model = _empty_model(cfg, heads, _size_name(cfg))
+    model = _empty_model(cfg, heads, _size_name(cfg), _float_dtype(sd))
     mapped: dict[str, Tensor] = {}
     unmatched: list[str] = []
     for k, v in sd.items():
@@ -245,11 +320,15 @@ def _load_jmp(obj: dict, path: Path, ema: bool) -> tuple[GemNetModel, dict]:
         shown = ", ".join(unmatched[:8]) + (f", ... ({len(unmatched)} in all)" if len(unmatched) > 8 else "")
         raise InputError(f"JMP checkpoint has keys with no counterpart: {shown}", path=path, field="state_dict")
     _load_strict(model, mapped, path)
-    meta = {"source": "jmp", "ema": bool(ema), "tasks": names}
+    meta = {"source": "jmp", "ema": bool(ema), "raw_alias": bool(ema and raw_alias), "tasks": names}
     for k in ("epoch", "global_step"):
         if isinstance(obj.get(k), int):
             meta[k] = obj[k]
     return model, meta
+
+
+def _is_aliased_layer(key: str, raw: dict) -> bool:
+    return bool(re.match(r"backbone\.out_blocks\.\d+\.layers\.", key)) and key.replace(".layers.", ".seq_energy_pre.", 1) in raw
 
 
 def jmp_key_to_ours(key: str, task_names: list[str]) -> str | None:

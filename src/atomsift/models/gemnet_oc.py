@@ -241,6 +241,13 @@ class PairInteraction(nn.Module):
         return self.up_projection(y)
 
 
+def _mlp(units_in: int, units: int, n_hidden: int) -> nn.Sequential:
+    """JMP's ``get_mlp``: Dense(units_in -> units) only when the widths differ, then ``n_hidden``
+    residual layers (so an atom update with emb_size_edge == emb_size_atom has no Dense)."""
+    first = [Dense(units_in, units)] if units_in != units else []
+    return nn.Sequential(*first, *[ResidualLayer(units) for _ in range(n_hidden)])
+
+
 class AtomUpdateBlock(nn.Module):
     """h2 = layers(scale_sum(sum_{s->t} m_st * dense_rbf(basis)))."""
 
@@ -248,7 +255,7 @@ class AtomUpdateBlock(nn.Module):
         super().__init__()
         self.dense_rbf = Dense(emb_rbf, emb_edge, activation=False)
         self.scale_sum = ScaleFactor()
-        self.layers = nn.Sequential(Dense(emb_edge, emb_atom), *[ResidualLayer(emb_atom) for _ in range(n_hidden)])
+        self.layers = _mlp(emb_edge, emb_atom, n_hidden)
 
     def aggregate(self, m: Tensor, rad: Tensor, idx_t: Tensor, n_atoms: int, dropout_scale: float = 1.0) -> Tensor:
         x = segment_sum(m * self.dense_rbf(rad), idx_t, n_atoms)
@@ -265,16 +272,19 @@ class OutputBlock(AtomUpdateBlock):
 
     def __init__(self, emb_atom: int, emb_edge: int, emb_rbf: int, n_hidden: int, n_after_atom: int, direct_forces: bool):
         super().__init__(emb_atom, emb_edge, emb_rbf, n_hidden)
-        self.seq_energy2 = nn.Sequential(*[ResidualLayer(emb_atom) for _ in range(n_after_atom)])
+        # JMP adds the atom embedding h (and runs seq_energy2) only with num_output_afteratom >= 1
+        self.seq_energy2 = nn.Sequential(*[ResidualLayer(emb_atom) for _ in range(n_after_atom)]) if n_after_atom >= 1 else None
         self.direct_forces = direct_forces
         if direct_forces:
             self.scale_rbf_F = ScaleFactor()
-            self.seq_forces = nn.Sequential(*[ResidualLayer(emb_edge) for _ in range(n_after_atom)])
+            # JMP: get_mlp(E, E, nHidden) with nHidden = num_atom (not num_output_afteratom)
+            self.seq_forces = _mlp(emb_edge, emb_edge, n_hidden)
             self.dense_rbf_F = Dense(emb_rbf, emb_edge, activation=False)
 
     def forward(self, h: Tensor, m: Tensor, rad: Tensor, idx_t: Tensor, dropout_scale: float = 1.0):
         x_E = self.layers(self.aggregate(m, rad, idx_t, h.shape[0], dropout_scale))
-        x_E = self.seq_energy2((x_E + h) * INV_SQRT2)
+        if self.seq_energy2 is not None:
+            x_E = self.seq_energy2((x_E + h) * INV_SQRT2)
         x_F = None
         if self.direct_forces:
             x_F = self.seq_forces(m)

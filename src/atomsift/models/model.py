@@ -15,10 +15,13 @@ from atomsift.models.heads import Head, HeadSpec
 class GemNetModel(nn.Module):
     """``embedding`` (Z -> emb_size_atom, indexed Z - 1) + ``backbone`` + ``heads[name]``."""
 
-    def __init__(self, config: BackboneConfig, heads: dict[str, HeadSpec], size: str | None = None):
+    def __init__(self, config: BackboneConfig, heads: dict[str, HeadSpec], size: str | None = None, graph_rule: str = "invariant"):
         super().__init__()
         self.size = size
         self.config = config
+        # neighbour rule of the graphs built from each batch's dataset settings (data/graphs.py
+        # RULES): "invariant" (default) or "jmp" (JMP's order-dependent rules, exact reproduction)
+        self.graph_rule = graph_rule
         self.embedding = nn.Embedding(config.num_elements, config.emb_size_atom)
         self.backbone = GemNetOCBackbone(config)
         self.head_specs = {k: (v if isinstance(v, HeadSpec) else HeadSpec(**v)) for k, v in heads.items()}
@@ -32,6 +35,7 @@ class GemNetModel(nn.Module):
     def model_config(self) -> dict:
         return {
             "size": self.size,
+            "graph_rule": self.graph_rule,
             "backbone": self.config.to_dict(),
             "heads": {k: v.to_dict() for k, v in self.head_specs.items()},
         }
@@ -40,7 +44,7 @@ class GemNetModel(nn.Module):
 
     def _features(self, batch, graph: GraphSettings | None, edge_dropout: float, pos: Tensor, generator=None,
                   graph_dropout_in_eval: bool = False) -> dict:
-        settings = graph if graph is not None else graph_settings(batch.dataset)
+        settings = graph if graph is not None else graph_settings(batch.dataset, self.graph_rule)
         p = edge_dropout if self.training else 0.0
         p_graph = edge_dropout if (self.training or graph_dropout_in_eval) else 0.0
         g = build_graphs(pos.detach(), batch.cell, batch.pbc, batch.natoms, batch.tags, settings, p_graph, generator)
