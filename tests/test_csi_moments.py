@@ -27,7 +27,7 @@ class FakeExtractor:
         self.seen_datasets = set()
 
     def __call__(self, batch):
-        self.seen_datasets.add(batch.dataset)
+        self.seen_datasets.update(batch.dataset)
         pos = batch.pos.double()
         cnt = torch.bincount(batch.batch, minlength=batch.num_graphs).double()
         cen = torch.zeros(batch.num_graphs, 3, dtype=torch.float64).index_add_(0, batch.batch, pos) / cnt[:, None]
@@ -260,7 +260,7 @@ def test_store_batches_tag_dataset(small_store):
     from atomsift.data.store import Store
 
     bs = list(store_batches(Store(small_store), np.arange(10), batch_size=4))
-    assert [b.num_graphs for b in bs] == [4, 4, 2] and all(b.dataset == "qm9" for b in bs)
+    assert [b.num_graphs for b in bs] == [4, 4, 2] and all(b.dataset == ["qm9"] * b.num_graphs for b in bs)
 
 
 def test_end_to_end_with_random_tiny_extractor(tmp_path, capsys):

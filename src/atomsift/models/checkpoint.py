@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from atomsift.data.batch import cast
 from atomsift.errors import InputError
 from atomsift.models.gemnet_oc import SIZES, BackboneConfig
 from atomsift.models.heads import HeadSpec
@@ -290,7 +291,7 @@ class Extractor:
     @torch.no_grad()
     def __call__(self, batch, graph=None, edge_dropout: float = 0.0, generator=None) -> Tensor:
         dtype = next(self.model.parameters()).dtype
-        return self.model.backbone_features(batch.to(dtype=dtype), graph, edge_dropout=edge_dropout, generator=generator)
+        return self.model.backbone_features(cast(batch, dtype), graph, edge_dropout=edge_dropout, generator=generator)
 
 
 def _sha256_file(path: Path) -> str:
