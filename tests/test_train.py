@@ -1,6 +1,6 @@
 """Training: run files, budgeted sampling, linear references, schedule, loop, resume, finetune units.
 
-The loop tests use ``atomsift.train.toy.ToyModel`` (GemNet-OC's call signature, SchNet-like cost)
+The loop tests use ``fixtures_training.ToyModel`` (GemNet-OC's call signature, SchNet-like cost)
 so that they run in seconds on 2 CPU cores; the real backbone is exercised by the models' tests.
 """
 
@@ -25,7 +25,7 @@ from atomsift.train.linref import element_counts, fit_dataset_norm
 from atomsift.train.module import Plateau, WarmupCosine, layerwise_groups
 from atomsift.train.pretrain import BudgetError, run_pretrain
 from atomsift.train.tasks import default_block_lr_scales
-from atomsift.train.toy import make_toy_store, toy_model_factory
+from fixtures_training import make_toy_store, toy_model_factory
 
 
 @pytest.fixture(scope="module")
@@ -113,20 +113,27 @@ def test_sampling_without_replacement_and_seeded():
 
 @pytest.mark.parametrize("n,bs,world", [(37, 4, 2), (10, 3, 3), (8, 4, 2), (5, 4, 3), (1, 2, 2)])
 def test_sampler_sees_each_structure_once_per_epoch(n, bs, world):
+    from torch.utils.data import BatchSampler
+
     seen_orders = []
     for epoch in range(2):
-        per_rank = [D.EpochBatchSampler(n, bs, seed=1, rank=r, world_size=world).batches(epoch, r) for r in range(world)]
+        samplers = [D.EpochSampler(n, bs, seed=1, rank=r, world_size=world) for r in range(world)]
+        per_rank = [s.batches(epoch) for s in samplers]
         assert len({len(b) for b in per_rank}) == 1  # same number of steps on every rank (DDP)
         real = [i for batches in per_rank for b in batches for i in b if i >= 0]
         assert sorted(real) == list(range(n))
         assert all(len(b) >= 1 for batches in per_rank for b in batches)
+        for s, batches in zip(samplers, per_rank):  # what the loader's BatchSampler yields, and its length
+            s.set_epoch(epoch)
+            assert list(BatchSampler(s, bs, drop_last=False)) == batches and len(s) == sum(map(len, batches))
         seen_orders.append([i for b in per_rank[0] for i in b])
     if n > 4:
         assert seen_orders[0] != seen_orders[1]  # reshuffled per epoch
-    s = D.EpochBatchSampler(n, bs, seed=1)
-    full = list(s)
+    s = D.EpochSampler(n, bs, seed=1)
+    full = list(BatchSampler(s, bs, drop_last=False))
     s.skip(1)
-    assert list(s) == full[1:] and list(s) == full
+    assert list(BatchSampler(s, bs, drop_last=False)) == full[1:]
+    assert list(BatchSampler(s, bs, drop_last=False)) == full
 
 
 # ----------------------------------------------------------------------------- linear reference
@@ -229,7 +236,7 @@ def test_budget_single_and_mixed_exact(stores, tmp_path):
 def test_budget_mismatch_fails_loudly(stores, tmp_path):
     class Extra(pl.Callback):
         def on_train_end(self, trainer, module):
-            module.seen[0] += 1  # a structure counted that the plan did not contain
+            module.seen.count[0] += 1  # a structure counted that the plan did not contain
 
     with pytest.raises(BudgetError, match=r"structures seen \{'a': 25\} != planned \{'a': 24\}"):
         run_pretrain(_pre(stores), tmp_path / "x", model_factory=toy_model_factory, callbacks=[Extra()])

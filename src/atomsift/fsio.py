@@ -1,10 +1,13 @@
-"""Atomic file output: every artefact is written to a temporary sibling and renamed into place,
-so a killed job never leaves a half-written file under its final name."""
+"""I/O shared by every verb: atomic file output (every artefact is written to a temporary sibling
+and renamed into place, so a killed job never leaves a half-written file under its final name),
+the sha256 of a file and the ``--json`` output on stdout. A leaf module: it imports nothing of ours."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import sys
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,3 +66,15 @@ def save_figure(fig, out: str | Path, dpi: int = 150, **kwargs) -> Path:
     finally:
         plt.close(fig)
     return Path(out)
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (streamed by ``hashlib.file_digest``)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def print_json(obj) -> None:
+    """Print ``obj`` as indented JSON on stdout (the ``--json`` output of every verb)."""
+    json.dump(obj, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")

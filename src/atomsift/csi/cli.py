@@ -107,7 +107,7 @@ def _moments(args) -> int:
 
     from atomsift import __version__
     from atomsift.errors import InputError
-    from atomsift.cli import print_json
+    from atomsift.fsio import print_json
     from atomsift.csi.moments import compute_moments, save_moments
     from atomsift.csi.sampling import sample_store
     from atomsift.data.store import Store
@@ -222,7 +222,7 @@ def load_extractor(spec: str):
 
 
 def _csi(args) -> int:
-    from atomsift.cli import print_json
+    from atomsift.fsio import print_json
     from atomsift.csi.select import Candidate, csi
     from atomsift.csi.moments import load_moments
 
@@ -244,7 +244,7 @@ def _pair(path, loader):
 
 
 def _select(args) -> int:
-    from atomsift.cli import print_json
+    from atomsift.fsio import print_json
     from atomsift.csi.moments import accumulate_batches, save_moments
     from atomsift.csi.select import check_compatible, default_candidates, load_candidates, parse_named, rank, read_data, recommendation
     from atomsift.errors import InputError
@@ -307,7 +307,7 @@ def _select(args) -> int:
 
 
 def _table(args) -> int:
-    from atomsift.cli import print_json
+    from atomsift.fsio import print_json
     from atomsift.csi.select import load_candidates, parse_named, read_table, table_rows, write_csv
 
     ups = load_candidates(parse_named(args.upstream, "--upstream"))
@@ -346,7 +346,7 @@ def _figure(args) -> int:
 
 
 def _coverage(args) -> int:
-    from atomsift.cli import print_json
+    from atomsift.fsio import print_json
     from atomsift.csi.sampling import store_coverage
     from atomsift.data.store import Store
 

@@ -59,7 +59,7 @@ _READER_OPTIONS = ("subset", "energy_key", "forces_key", "class_key", "metadata"
 def _prepare(args) -> int:
     import time
 
-    from atomsift.cli import print_json
+    from atomsift.fsio import print_json
     from atomsift.data.readers import prepare
     from atomsift.data.store import Store
 
@@ -90,7 +90,7 @@ def _print_info(info: dict) -> None:
 
 
 def _info(args) -> int:
-    from atomsift.cli import print_json
+    from atomsift.fsio import print_json
     from atomsift.data.store import Store
 
     info = Store(args.store).info()
@@ -102,7 +102,7 @@ def _info(args) -> int:
 
 
 def _show(args) -> int:
-    from atomsift.cli import print_json
+    from atomsift.fsio import print_json
     from atomsift.data.store import Store
     from atomsift.errors import InputError
 
@@ -138,7 +138,7 @@ def _show(args) -> int:
 
 
 def _download(args) -> int:
-    from atomsift.cli import print_json
+    from atomsift.fsio import print_json
     from atomsift.data.download import DATASETS, download, select
     from atomsift.errors import InputError
 

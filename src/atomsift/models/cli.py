@@ -32,7 +32,7 @@ def register(sub) -> None:
 def _model_info(args) -> int:
     import torch
 
-    from atomsift.cli import print_json
+    from atomsift.fsio import print_json
     from atomsift.models.gemnet_oc import backbone_config
     from atomsift.models.heads import HeadSpec
     from atomsift.models.model import GemNetModel
@@ -55,7 +55,7 @@ def _predict(args) -> int:
     import numpy as np
     import torch
 
-    from atomsift.cli import print_json
+    from atomsift.fsio import print_json
     from atomsift.data.batch import from_atoms
     from atomsift.data.graphs import graph_settings
     from atomsift.errors import InputError, require_file

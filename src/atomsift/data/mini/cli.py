@@ -38,7 +38,7 @@ def _generate(args) -> int:
     import logging
     import sys
 
-    from atomsift.cli import print_json
+    from atomsift.fsio import print_json
     from atomsift.data.mini import GENERATORS, generate
     from atomsift.data.store import Store
     from atomsift.errors import InputError

@@ -1,4 +1,5 @@
-"""Small synthetic stores with exact labels, for tests and benchmarks of the training loop.
+"""Small synthetic stores with exact labels and a cheap stand-in model, for the tests and
+benchmarks of the training loop (bench/ puts this folder on sys.path).
 
 Molecules of a few H/C/N/O atoms at random non-overlapping positions; energy = sum_i c[Z_i] +
 a Morse pair energy, forces = its exact negative gradient. The per-element constants ``coeff``
