@@ -282,6 +282,32 @@ def test_resume_after_kill_equals_uninterrupted(stores, tmp_path, kill_at):
     assert run_pretrain(cfg, tmp_path / "k", model_factory=toy_model_factory)["wall_time_s"] == res["wall_time_s"]
 
 
+class _KillInValidation(pl.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_validation_batch_start(self, trainer, *args):
+        if trainer.global_step == self.step:
+            raise _Killed
+
+
+@pytest.mark.parametrize("val_every,kill_at", [(None, 4), (2, 2)])  # the validation ending epoch 0, one inside it
+def test_kill_during_validation_resumes_with_that_validation(stores, tmp_path, val_every, kill_at):
+    # last.ckpt is refreshed every step but never right before a validation: the resumed run redoes it
+    mixed = {"stores": {"a": str(stores["a"]), "b": str(stores["b"])}, "mixture": "balanced"}
+    cfg = _pre(stores, upstream=mixed, n_structures=14, epochs=2, batch_size=4, edge_dropout=0.3,
+               checkpoint_every_n_steps=1, record_seen=True, val_every_n_steps=val_every)
+    ref = run_pretrain(cfg, tmp_path / "ref", model_factory=toy_model_factory)
+    with pytest.raises(_Killed):
+        run_pretrain(cfg, tmp_path / "k", model_factory=toy_model_factory, callbacks=[_KillInValidation(kill_at)])
+    res = run_pretrain(cfg, tmp_path / "k", model_factory=toy_model_factory)
+    assert [r["step"] for r in ref["val_curve"]] == ([4, 8] if val_every is None else [2, 4, 6, 8])
+    assert res["val_curve"] == ref["val_curve"] and res["best_val_loss"] == ref["best_val_loss"]
+    a, b = (json.loads((tmp_path / d / "seen_rank0.json").read_text()) for d in ("ref", "k"))
+    assert a["seen"] == b["seen"] and res["structures_seen"] == ref["structures_seen"]
+    assert a["weights_sha256"] == b["weights_sha256"] and a["ema_sha256"] == b["ema_sha256"]
+
+
 # ----------------------------------------------------------------------------- finetuning
 
 

@@ -104,11 +104,26 @@ class EMA(WeightAveraging):
         super().on_train_end(trainer, pl_module)
 
 
+class InEpochCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every n optimizer steps, except at a step followed by a validation (the
+    epoch's last, or every ``val_every_n_steps``): a kill during that validation would resume past
+    it and lose its point of the curve. The epoch's last step is saved after its validation."""
+
+    def __init__(self, dirpath: Path, every: int):
+        super().__init__(dirpath=dirpath, filename="last", every_n_train_steps=every, enable_version_counter=False)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        k = batch_idx + 1
+        if k < trainer.num_training_batches and (not trainer.val_check_batch or k % trainer.val_check_batch != 0):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
 def make_trainer(cfg, out: Path, *, monitor: str, gradient_clip_val: float, gradient_clip_algorithm: str,
                  find_unused_parameters: bool, steps_per_epoch: int, callbacks=()) -> pl.Trainer:
     """A Lightning Trainer for one run writing into ``out``: ``best.ckpt`` (lowest ``monitor``),
-    ``last.ckpt`` every ``checkpoint_every_n_steps`` optimizer steps and at every epoch end after
-    its validation, the EMA when ``ema_decay`` > 0, CSV logs, DDP when the run spans processes."""
+    ``last.ckpt`` every ``checkpoint_every_n_steps`` optimizer steps (:class:`InEpochCheckpoint`)
+    and at every epoch end after its validation, the EMA when ``ema_decay`` > 0, a Timer, CSV
+    logs, DDP when the run spans processes."""
     accel = accelerator_name(cfg)
     slurm_multi = int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in os.environ
     if world_size(cfg) > 1 or slurm_multi:
@@ -119,8 +134,7 @@ def make_trainer(cfg, out: Path, *, monitor: str, gradient_clip_val: float, grad
     ours = [
         ModelCheckpoint(dirpath=out, filename="best", monitor=monitor, mode="min", save_top_k=1,
                         enable_version_counter=False, save_on_train_epoch_end=False),
-        ModelCheckpoint(dirpath=out, filename="last", every_n_train_steps=cfg.checkpoint_every_n_steps,
-                        enable_version_counter=False),
+        InEpochCheckpoint(out, cfg.checkpoint_every_n_steps),
         ModelCheckpoint(dirpath=out, filename="last", every_n_epochs=1, save_on_train_epoch_end=True,
                         enable_version_counter=False),
         Timer(verbose=False),
