@@ -172,7 +172,7 @@ def test_compute_moments_equals_direct_numpy(small_store, agg):
 
 @pytest.fixture
 def fake_extractor(monkeypatch):
-    import atomsift.csi.cli as csi_cli
+    import atomsift.models.checkpoint as checkpoint
 
     made = {}
 
@@ -182,7 +182,7 @@ def fake_extractor(monkeypatch):
         made[spec] = FakeExtractor(seed=0, sha=("e" if spec == "other" else "f") * 64)
         return made[spec]
 
-    monkeypatch.setattr(csi_cli, "load_extractor", load)
+    monkeypatch.setattr(checkpoint, "load_extractor", load)
     return made
 
 
@@ -265,10 +265,6 @@ def test_store_batches_tag_dataset(small_store):
 
 def test_end_to_end_with_random_tiny_extractor(tmp_path, capsys):
     """The real extractor (untrained tiny GemNet-OC) on a few QM9 molecules, through the CLI."""
-    try:
-        from atomsift.models.checkpoint import load_extractor  # noqa: F401
-    except ImportError:
-        pytest.skip("atomsift.models.load_extractor is not available")
     from atomsift.data.readers import qm9
 
     store = qm9.convert(None, tmp_path / "q", limit=40)

@@ -419,3 +419,48 @@ def test_resume_refuses_a_different_run_file(stores, tmp_path):
     # settings that do not change the result may differ
     m = run_pretrain(_pre(stores, checkpoint_every_n_steps=1, log_every_n_steps=3), tmp_path / "k", model_factory=toy_model_factory)
     assert m["structures_seen"] == {"a": 24}
+
+
+def test_changed_inputs_refuse_by_default_and_restart_on_request(stores, tmp_path, capsys):
+    # Snakemake reruns a job whose run file changed over the same directory: the rules pass restart
+    killed, finished = tmp_path / "k", tmp_path / "f"
+    with pytest.raises(_Killed):
+        run_pretrain(_pre(stores, checkpoint_every_n_steps=1), killed, model_factory=toy_model_factory, callbacks=[_KillAt(2)])
+    run_pretrain(_pre(stores), finished, model_factory=toy_model_factory)
+    new = _pre(stores, lr=2e-3, checkpoint_every_n_steps=1)
+    fresh = run_pretrain(new, tmp_path / "fresh", model_factory=toy_model_factory)
+    for out in (killed, finished):
+        with pytest.raises(InputError, match=rf"field 'lr': {out} holds a run started with lr=0.001; delete {out} to start over"):
+            run_pretrain(new, out, model_factory=toy_model_factory)
+        (out / "notes.txt").write_text("not ours")
+        capsys.readouterr()
+        m = run_pretrain(new, out, model_factory=toy_model_factory, on_changed_inputs="restart")
+        err = capsys.readouterr().err.splitlines()
+        assert err == [f"atomsift: {out} holds a run started with lr=0.001; starting over (--on-changed-inputs restart)"]
+        assert m["val_curve"] == fresh["val_curve"] and m["structures_seen"] == fresh["structures_seen"] == {"a": 24}
+        assert json.loads((out / "run.json").read_text())["lr"] == 2e-3 and (out / "notes.txt").exists()
+        for f in ("model.pt", "model_raw.pt"):
+            a, b = (torch.load(d / f, weights_only=False)["state_dict"] for d in (out, tmp_path / "fresh"))
+            assert all(torch.equal(a[k], b[k]) for k in a), f
+    # restart is for changed inputs only: a last.ckpt without a record of its inputs is still refused
+    (killed / "inputs.json").unlink()
+    (killed / "metrics.json").unlink()
+    with pytest.raises(InputError, match="has no readable record of the inputs it was started from"):
+        run_pretrain(new, killed, model_factory=toy_model_factory, on_changed_inputs="restart")
+
+
+def test_cli_on_changed_inputs(stores, tmp_path, capsys):
+    run = tmp_path / "ft.yaml"
+    base = {"task": "rmd17", "store": str(stores["t"]), "size": "tiny", "epochs": 1, "batch_size": 16, "threads": 1,
+            "scale_fit_batches": 0, "lr": 1e-3}
+    run.write_text(json.dumps(base))
+    out = tmp_path / "out"
+    assert main(["finetune", "--config", str(run), "--pretrained", "none", "--out", str(out)]) == 0
+    run.write_text(json.dumps({**base, "lr": 5e-4}))
+    capsys.readouterr()
+    assert main(["finetune", "--config", str(run), "--pretrained", "none", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"atomsift finetune: error: {run}: field 'lr': {out} holds a run started with "
+                                       f"lr=0.001; delete {out} to start over or restore the run file\n")
+    assert main(["finetune", "--config", str(run), "--pretrained", "none", "--out", str(out), "--on-changed-inputs", "restart"]) == 0
+    assert f"atomsift: {out} holds a run started with lr=0.001; starting over" in capsys.readouterr().err
+    assert json.loads((out / "run.json").read_text())["lr"] == 5e-4 and (out / "metrics.json").exists()

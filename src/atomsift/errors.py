@@ -6,7 +6,9 @@ turns it into one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+from typing import Callable, Iterable
 
 
 class InputError(Exception):
@@ -30,3 +32,14 @@ def require_file(path: str | Path, what: str = "file") -> Path:
     if not p.exists():
         raise InputError(f"{what} does not exist", path=p)
     return p
+
+
+def check_options(func: Callable, options: Iterable[str], owner: str, fixed: Iterable[str] = ()) -> None:
+    """Refuse options that ``func`` (a reader's ``convert``, a generator) does not take, naming
+    the first and the ones it does take; ``fixed`` are its arguments that are not options."""
+    known = [k for k, p in inspect.signature(func).parameters.items()
+             if p.kind is p.KEYWORD_ONLY and k not in set(fixed)]
+    for k in options:
+        if k not in known:
+            takes = ", ".join(f"--{o.replace('_', '-')}" for o in known) or "none"
+            raise InputError(f"--{k.replace('_', '-')} does not apply to {owner} (its options: {takes})", field=k)

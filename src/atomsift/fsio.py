@@ -30,7 +30,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
     finally:
-        if tmp.exists():
+        if tmp.is_symlink() or tmp.exists():
             tmp.unlink()
 
 
@@ -68,10 +68,10 @@ def save_figure(fig, out: str | Path, dpi: int = 150, **kwargs) -> Path:
     return Path(out)
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes (streamed by ``hashlib.file_digest``)."""
+def file_digest(path: str | Path, algo: str = "sha256") -> str:
+    """Hex digest of a file's bytes (sha256 unless ``algo`` names another hashlib algorithm)."""
     with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+        return hashlib.file_digest(fh, algo).hexdigest()
 
 
 def print_json(obj) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def register(sub) -> None:
@@ -111,6 +110,7 @@ def _moments(args) -> int:
     from atomsift.csi.moments import compute_moments, save_moments
     from atomsift.csi.sampling import sample_store
     from atomsift.data.store import Store
+    from atomsift.models.checkpoint import load_extractor
 
     _positive(args.n, "--n")
     _positive(args.batch_size, "--batch-size")
@@ -210,17 +210,6 @@ def _merge(args) -> int:
     return 0
 
 
-def load_extractor(spec: str):
-    """``atomsift.models.load_extractor(spec)``, with a one-line error when it is unavailable."""
-    from atomsift.errors import InputError
-
-    try:
-        from atomsift.models import load_extractor as _load
-    except ImportError:
-        raise InputError("no extractor backend: atomsift.models.load_extractor is not available in this build", field="extractor") from None
-    return _load(spec)
-
-
 def _csi(args) -> int:
     from atomsift.fsio import print_json
     from atomsift.csi.select import Candidate, csi
@@ -248,6 +237,7 @@ def _select(args) -> int:
     from atomsift.csi.moments import accumulate_batches, save_moments
     from atomsift.csi.select import check_compatible, default_candidates, load_candidates, parse_named, rank, read_data, recommendation
     from atomsift.errors import InputError
+    from atomsift.models.checkpoint import load_extractor
 
     _positive(args.n, "--n")
     _positive(args.batch_size, "--batch-size")

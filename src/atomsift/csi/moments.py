@@ -20,8 +20,6 @@ aggregation, sample size, seed, store).
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -29,6 +27,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from atomsift.errors import InputError
+from atomsift.fsio import atomic_path, write_json
 
 AGGREGATIONS = ("flat", "mean", "sum", "max")
 
@@ -230,24 +229,11 @@ def sidecar_path(path: str | Path) -> Path:
 def save_moments(path: str | Path, moments: Moments, meta: dict | None = None) -> Path:
     """Write ``path`` (npz: n, mean, cov) and its JSON sidecar, each atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    tmp = path.with_name(f".{path.name}.tmp-{tag}")
-    try:
+    side = {**(meta or {}), "n": (meta or {}).get("n", int(moments.n)), "dim": moments.dim}
+    with atomic_path(path) as tmp:  # the sidecar is published just before the moments it describes
         with open(tmp, "wb") as fh:
             np.savez(fh, n=np.int64(moments.n), mean=moments.mean.astype(np.float64), cov=moments.cov.astype(np.float64))
-        side = dict(meta or {})
-        side.setdefault("n", int(moments.n))
-        side["dim"] = moments.dim
-        stmp = path.with_name(f".{path.name}.json.tmp-{tag}")
-        with open(stmp, "w") as fh:
-            json.dump(side, fh, indent=2)
-        os.replace(stmp, sidecar_path(path))
-        os.replace(tmp, path)
-    finally:
-        for t in (tmp, path.with_name(f".{path.name}.json.tmp-{tag}")):
-            if t.exists():
-                t.unlink()
+        write_json(sidecar_path(path), side)
     return path
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import sys
 
 
 def register(sub) -> None:
@@ -46,10 +44,8 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_download)
 
-    try:
-        from atomsift.data.mini.cli import register as register_mini
-    except ModuleNotFoundError:
-        return
+    from atomsift.data.mini.cli import register as register_mini
+
     register_mini(sub)
 
 
@@ -80,7 +76,7 @@ def _print_info(info: dict) -> None:
     print(f"structures   {info['n_structures']}")
     print(f"atoms        {info['n_atoms']}")
     print(f"elements     {info['elements']}")
-    print(f"splits       " + ", ".join(f"{k} {v}" for k, v in info["splits"].items()))
+    print("splits       " + ", ".join(f"{k} {v}" for k, v in info["splits"].items()))
     print(f"classes      {info['n_classes']}")
     print(f"fields       {', '.join(info['fields'])}")
     if info.get("targets"):
@@ -127,9 +123,9 @@ def _show(args) -> int:
     if args.json:
         print_json(out)
     else:
-        from ase.symbols import Symbols
+        from atomsift.data.store import formula
 
-        print(f"structure {r.index}: {Symbols(r.numbers).get_chemical_formula('hill')}, {r.natoms} atoms, class {r.cls}")
+        print(f"structure {r.index}: {formula(r.numbers)}, {r.natoms} atoms, class {r.cls}")
         if r.energy is not None:
             print(f"energy  {r.energy:.6f} eV")
         for k, v in r.targets.items():

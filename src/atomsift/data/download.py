@@ -13,7 +13,6 @@ is checked). Only :mod:`urllib` is used.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import socket
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from atomsift.errors import InputError
+from atomsift.fsio import file_digest
 
 
 @dataclass(frozen=True)
@@ -125,14 +125,6 @@ DATASETS: dict[str, Release] = {
 # ----------------------------------------------------------------------------------------- fetch
 
 
-def _digest(path: Path, algo: str) -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _verify(path: Path, url: str, size: int | None, sha256: str | None, md5: str | None) -> str | None:
     """None when ``path`` matches what is published, else the reason."""
     got = path.stat().st_size
@@ -140,7 +132,7 @@ def _verify(path: Path, url: str, size: int | None, sha256: str | None, md5: str
         return f"size {got} bytes, published {size}"
     for algo, want in (("sha256", sha256), ("md5", md5)):
         if want:
-            have = _digest(path, algo)
+            have = file_digest(path, algo)
             if have != want.lower():
                 return f"{algo} {have} does not match the published {want.lower()}"
     return None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 SIZES = ("tiny", "small", "large")
@@ -53,7 +52,6 @@ def _model_info(args) -> int:
 
 def _predict(args) -> int:
     import numpy as np
-    import torch
 
     from atomsift.fsio import print_json
     from atomsift.data.batch import from_atoms

@@ -64,10 +64,6 @@ class DatasetNorm:
     energy_std: float = 1.0  # eV
     force_std: float = 1.0  # eV/Angstrom
 
-    def reference(self, numbers: np.ndarray) -> float:
-        c = np.asarray(self.coeff)
-        return float(c[np.asarray(numbers, dtype=np.int64)].sum())
-
 
 def fit_dataset_norm(store: Store, indices: np.ndarray, *, fit_linref: bool = True) -> DatasetNorm:
     """Linear reference (optional), std of referenced energies and force std on ``indices``."""

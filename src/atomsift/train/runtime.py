@@ -191,8 +191,6 @@ _OUTPUTS = r"(?:last|best|metrics|run|inputs|linref|seen_rank\d+|model|model_raw
 _STALE = re.compile(rf"^\.{_OUTPUTS}(?:\.tmp-\d+-[0-9a-f]{{6}}\.(?:ckpt|json|pt)|\.(?:ckpt|json|pt)\.tmp|\.pt\.[A-Za-z0-9_]{{8}})$")
 _STATE = re.compile(rf"^{_OUTPUTS}\.(?:ckpt|json|pt)$")  # what a run directory holds of its run
 
-ON_CHANGED_INPUTS = ("refuse", "restart")
-
 
 def is_global_zero_by_env() -> bool:
     """Whether this process is rank 0 of its job, from the launchers' variables (before
@@ -229,12 +227,12 @@ def run_inputs(cfg, config_path, stores: dict[str, str | Path], pretrained: str 
     stores_rec = {}
     for name, sp in stores.items():
         m = Path(sp) / "manifest.json"
-        stores_rec[name] = {"path": str(Path(sp).resolve()), "manifest_sha256": fsio.sha256_file(m) if m.is_file() else None}
+        stores_rec[name] = {"path": str(Path(sp).resolve()), "manifest_sha256": fsio.file_digest(m) if m.is_file() else None}
     pre = None
     if pretrained is not None and str(pretrained) != "none":
-        pre = {"path": str(Path(pretrained).resolve()), "sha256": fsio.sha256_file(pretrained)}
+        pre = {"path": str(Path(pretrained).resolve()), "sha256": fsio.file_digest(pretrained)}
     return {
-        "run_file": {"path": str(cp.resolve()) if cp else None, "sha256": fsio.sha256_file(cp) if cp and cp.is_file() else None,
+        "run_file": {"path": str(cp.resolve()) if cp else None, "sha256": fsio.file_digest(cp) if cp and cp.is_file() else None,
                      "settings_sha256": hashlib.sha256(settings.encode()).hexdigest()},
         "stores": stores_rec,
         "pretrained": pre,

@@ -24,16 +24,6 @@ def register(sub) -> None:
     p.set_defaults(func=_generate)
 
 
-_OPTIONS = {
-    "oc20-mini": ("metals", "adsorbates"),
-    "oc22-mini": ("oxides", "adsorbates"),
-    "rmd17-mini": ("molecule",),
-    "spice-mini": ("amino_acids",),
-    "ani1x-mini": ("qm9",),
-    "transition1x-mini": ("qm9",),
-}
-
-
 def _generate(args) -> int:
     import logging
     import sys
@@ -45,10 +35,6 @@ def _generate(args) -> int:
 
     if args.name not in GENERATORS:
         raise InputError(f"unknown generator '{args.name}' (known: {', '.join(GENERATORS)})", field="NAME")
-    allowed = _OPTIONS.get(args.name, ())
-    for opt in ("qm9", "metals", "oxides", "adsorbates", "molecule", "amino_acids"):
-        if getattr(args, opt) is not None and opt not in allowed:
-            raise InputError(f"--{opt.replace('_', '-')} does not apply to {args.name}", field=opt)
     if args.n is not None and args.n <= 0:
         raise InputError(f"--n must be a positive integer, got {args.n}", field="n")
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
