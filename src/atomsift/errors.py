@@ -34,12 +34,14 @@ def require_file(path: str | Path, what: str = "file") -> Path:
     return p
 
 
-def check_options(func: Callable, options: Iterable[str], owner: str, fixed: Iterable[str] = ()) -> None:
+def check_options(func: Callable, options: Iterable[str], owner: str, fixed: Iterable[str] = (),
+                  unlisted: Iterable[str] = ()) -> None:
     """Refuse options that ``func`` (a reader's ``convert``, a generator) does not take, naming
-    the first and the ones it does take; ``fixed`` are its arguments that are not options."""
+    the first and the ones it does take; ``fixed`` are its arguments that are not options,
+    ``unlisted`` options of the Python API that the command line does not offer."""
     known = [k for k, p in inspect.signature(func).parameters.items()
              if p.kind is p.KEYWORD_ONLY and k not in set(fixed)]
     for k in options:
         if k not in known:
-            takes = ", ".join(f"--{o.replace('_', '-')}" for o in known) or "none"
+            takes = ", ".join(f"--{o.replace('_', '-')}" for o in known if o not in set(unlisted)) or "none"
             raise InputError(f"--{k.replace('_', '-')} does not apply to {owner} (its options: {takes})", field=k)

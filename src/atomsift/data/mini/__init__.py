@@ -89,7 +89,7 @@ def generate(name: str, out: str | Path, *, n: int | None = None, seed: int = DE
     func = getattr(importlib.import_module(mod_name), func_name)
     if qm9 is not None:
         options["qm9"] = qm9
-    check_options(func, options, name, fixed=("n", "seed", "pool"))
+    check_options(func, options, name, fixed=("n", "seed", "pool"), unlisted=("md",))  # md: MD overrides (tests)
     t0 = time.perf_counter()
     # generators validate their options before the first task; workers are spawned on first use
     if pool is not None:
