@@ -199,7 +199,7 @@ def accumulate_batches(batches: Iterable, extractor: Callable, agg: str = "flat"
 
 
 def store_batches(store, indices, batch_size: int = 32, dtype=None) -> Iterator:
-    """AtomsBatch-es of ``store`` structures ``indices`` (global), in order, tagged with the dataset."""
+    """PyG Batches of ``store`` structures ``indices`` (global), in order, tagged with the dataset."""
     import torch
 
     from atomsift.data.batch import collate

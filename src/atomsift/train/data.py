@@ -302,9 +302,9 @@ class AtomsDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         t = self.trainer
-        if t.world_size != self.world_size:
-            raise RuntimeError(f"the trainer runs {t.world_size} processes, the run file asks for {self.world_size} "
-                               "(devices x num_nodes): set them to the allocation")
+        if t.world_size != self.world_size:  # e.g. a SLURM allocation with more tasks than devices x num_nodes
+            raise InputError(f"the job runs {t.world_size} processes but the run file asks for {self.world_size} "
+                             "(devices x num_nodes); make them match", field="devices")
         ds = self.splits[split]
         sampler = EpochSampler(len(ds), batch_size, seed=self.seed, shuffle=shuffle, rank=t.global_rank, world_size=t.world_size)
         kw = dict(batch_sampler=BatchSampler(sampler, batch_size, drop_last=False), collate_fn=collate_parts,

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -141,6 +142,8 @@ def make_trainer(cfg, out: Path, *, monitor: str, gradient_clip_val: float, grad
     ]
     if cfg.ema_decay > 0:
         ours.append(EMA(cfg.ema_decay))
+    # the run directory holds the run's records by design: Lightning's warning about it is noise
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     progress = cfg.progress_bar if cfg.progress_bar is not None else sys.stderr.isatty()
     return pl.Trainer(
         accelerator=accel,
