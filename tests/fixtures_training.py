@@ -155,6 +155,14 @@ def _toy_model_classes():
         def model_config(self) -> dict:
             return {"size": "toy", "backbone": None, "heads": {k: h.kind for k, h in self.heads.items()}}
 
+        def block_index(self, name: str) -> int | None:
+            """GemNetModel's layer-wise LR groups: -1 embedding, i for backbone.int_blocks.i."""
+            if name.startswith("embedding."):
+                return -1
+            if name.startswith("backbone.int_blocks."):
+                return int(name.split(".")[2])
+            return None
+
         def parameter_groups(self):
             return {"embedding": list(self.embedding.parameters()), "backbone": list(self.backbone.parameters()),
                     "heads": list(self.heads.parameters())}

@@ -12,7 +12,6 @@ step plus, when finetuning, the reduce-on-plateau state), so that a run resumed 
 from __future__ import annotations
 
 import math
-import re
 from typing import Callable, Sequence
 
 import lightning.pytorch as pl
@@ -313,39 +312,22 @@ class PretrainModule(AtomsModule):
 # ------------------------------------------------------------------------------------- finetune
 
 
-_INT_BLOCK = re.compile(r"(?:^|\.)int_blocks\.(\d+)\.")
-_OUT_BLOCK = re.compile(r"(?:^|\.)out_blocks\.(\d+)\.")
-
-
 def layerwise_groups(model: torch.nn.Module, embedding_scale: float, block_scales: Sequence[float] | None,
                      default_scales: Callable[[int], list[float]]) -> list[dict]:
-    """Parameter groups with JMP's layer-wise LR scales (PAPER.md §4.1).
-
-    embedding: ``embedding_scale``; block i = int_blocks.i + out_blocks.(i+1) (+ out_blocks.0 for
-    i = 0): ``block_scales[i]``; everything else (bases, output MLPs, heads): 1.0.
+    """Parameter groups with JMP's layer-wise LR scales (PAPER.md §4.1), by the model's
+    ``block_index``: the embedding (-1) x ``embedding_scale``; block i (int_blocks.i + out_blocks.(i+1),
+    plus out_blocks.0 for i = 0) x ``block_scales[i]``; everything else (bases, output MLPs, heads) x 1.
     """
-    emb_ids = set()
-    if hasattr(model, "parameter_groups"):
-        emb_ids = {id(p) for p in model.parameter_groups().get("embedding", [])}
-    head_ids = set()
-    if hasattr(model, "parameter_groups"):
-        head_ids = {id(p) for p in model.parameter_groups().get("heads", [])}
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    n_blocks = len({int(m.group(1)) for n, _ in named if (m := _INT_BLOCK.search(n))})
+    index = {n: model.block_index(n) for n, _ in named}
+    n_blocks = len({i for i in index.values() if i is not None and i >= 0})
     scales = list(block_scales) if block_scales is not None else default_scales(n_blocks)
     if n_blocks and len(scales) != n_blocks:
         raise ValueError(f"block_lr_scales has {len(scales)} entries, the backbone has {n_blocks} blocks")
     buckets: dict[float, list] = {}
     for n, p in named:
-        scale = 1.0
-        if id(p) in head_ids:
-            scale = 1.0
-        elif id(p) in emb_ids:
-            scale = embedding_scale
-        elif (m := _INT_BLOCK.search(n)):
-            scale = scales[int(m.group(1))]
-        elif (m := _OUT_BLOCK.search(n)):
-            scale = scales[max(int(m.group(1)) - 1, 0)] if n_blocks else 1.0
+        i = index[n]
+        scale = 1.0 if i is None else embedding_scale if i < 0 else scales[i]
         buckets.setdefault(scale, []).append(p)
     return [{"params": ps, "scale": s} for s, ps in sorted(buckets.items(), key=lambda kv: -kv[0])]
 
