@@ -8,7 +8,6 @@ import pytest
 from ase import Atoms
 from ase.build import add_adsorbate, fcc111, molecule
 from ase.calculators.emt import EMT
-from ase.calculators.singlepoint import SinglePointCalculator
 from ase.constraints import FixAtoms
 
 import ase.db

@@ -171,6 +171,16 @@ def test_unknown_dataset(tmp_path):
     assert _listing(tmp_path) == []
 
 
+def test_options_a_reader_or_generator_does_not_take(tmp_path):
+    # readers and generators declare their options; any other is refused before work, never ignored
+    rc, _, err = run("prepare", "qm9", "--out", tmp_path / "o", "--energy-key", "wb97x")
+    assert_one_line_error(rc, err, "field 'energy_key': --energy-key does not apply to dataset 'qm9' "
+                                   "(its options: --seed, --limit)")
+    rc, _, err = run("generate", "rmd17-mini", "--out", tmp_path / "g", "--metals", "Cu")
+    assert_one_line_error(rc, err, "field 'metals': --metals does not apply to rmd17-mini (its options: --molecule)")
+    assert _listing(tmp_path) == []
+
+
 def test_info_and_show_on_non_stores(tmp_path, small_qm9):
     rc, _, err = run("info", tmp_path / "missing", "--json")
     assert_one_line_error(rc, err, tmp_path / "missing", "does not exist")

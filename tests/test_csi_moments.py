@@ -27,7 +27,7 @@ class FakeExtractor:
         self.seen_datasets = set()
 
     def __call__(self, batch):
-        self.seen_datasets.add(batch.dataset)
+        self.seen_datasets.update(batch.dataset)
         pos = batch.pos.double()
         cnt = torch.bincount(batch.batch, minlength=batch.num_graphs).double()
         cen = torch.zeros(batch.num_graphs, 3, dtype=torch.float64).index_add_(0, batch.batch, pos) / cnt[:, None]
@@ -172,7 +172,7 @@ def test_compute_moments_equals_direct_numpy(small_store, agg):
 
 @pytest.fixture
 def fake_extractor(monkeypatch):
-    import atomsift.csi.cli as csi_cli
+    import atomsift.models.checkpoint as checkpoint
 
     made = {}
 
@@ -182,12 +182,11 @@ def fake_extractor(monkeypatch):
         made[spec] = FakeExtractor(seed=0, sha=("e" if spec == "other" else "f") * 64)
         return made[spec]
 
-    monkeypatch.setattr(csi_cli, "load_extractor", load)
+    monkeypatch.setattr(checkpoint, "load_extractor", load)
     return made
 
 
 def test_moments_select_table_figure_end_to_end(small_store, tmp_path, fake_extractor, capsys):
-    from ase import Atoms
     from ase.io import write
 
     from atomsift.csi.select import read_table
@@ -260,15 +259,11 @@ def test_store_batches_tag_dataset(small_store):
     from atomsift.data.store import Store
 
     bs = list(store_batches(Store(small_store), np.arange(10), batch_size=4))
-    assert [b.num_graphs for b in bs] == [4, 4, 2] and all(b.dataset == "qm9" for b in bs)
+    assert [b.num_graphs for b in bs] == [4, 4, 2] and all(b.dataset == ["qm9"] * b.num_graphs for b in bs)
 
 
 def test_end_to_end_with_random_tiny_extractor(tmp_path, capsys):
     """The real extractor (untrained tiny GemNet-OC) on a few QM9 molecules, through the CLI."""
-    try:
-        from atomsift.models.checkpoint import load_extractor  # noqa: F401
-    except ImportError:
-        pytest.skip("atomsift.models.load_extractor is not available")
     from atomsift.data.readers import qm9
 
     store = qm9.convert(None, tmp_path / "q", limit=40)

@@ -1,7 +1,6 @@
 """The paper's class-balanced sampler, random sampling and class coverage."""
 
 import json
-import math
 
 import numpy as np
 import pytest

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from atomsift.cli import main
-from atomsift.data.download import DATASETS, download, fetch
+from atomsift.data.download import DATASETS, fetch
 from atomsift.errors import InputError
 
 PAYLOAD = os.urandom(300_000)

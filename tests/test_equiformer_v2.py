@@ -36,14 +36,19 @@ def _fixture(config: str) -> dict:
 
 
 def _batch(fix: dict):
-    from atomsift.data.batch import AtomsBatch
+    """The fixture's structures as a PyG ``Batch`` of our ``Data`` layout (atomsift.data.batch)."""
+    from torch_geometric.data import Batch, Data
 
-    natoms = torch.as_tensor(fix["natoms"])
-    n = int(natoms.sum())
-    return AtomsBatch(
-        numbers=torch.as_tensor(fix["numbers"]), pos=torch.as_tensor(fix["positions"]), cell=torch.as_tensor(fix["cells"]),
-        pbc=torch.as_tensor(fix["pbc"]), natoms=natoms, batch=torch.repeat_interleave(torch.arange(natoms.numel()), natoms),
-        tags=torch.zeros(n, dtype=torch.long), fixed=torch.zeros(n, dtype=torch.bool))
+    natoms = np.asarray(fix["natoms"])
+    starts = np.concatenate([[0], np.cumsum(natoms)])
+    data = []
+    for i, n in enumerate(natoms):
+        a, b = starts[i], starts[i + 1]
+        data.append(Data(numbers=torch.as_tensor(fix["numbers"][a:b]), pos=torch.as_tensor(fix["positions"][a:b]),
+                         cell=torch.as_tensor(fix["cells"][i]).reshape(1, 3, 3), pbc=torch.as_tensor(fix["pbc"][i]).reshape(1, 3),
+                         natoms=torch.tensor([int(n)]), tags=torch.zeros(int(n), dtype=torch.long),
+                         fixed=torch.zeros(int(n), dtype=torch.bool), dataset=""))
+    return Batch.from_data_list(data)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import builtins
 import errno
+import hashlib
 import io
 import json
 import os
@@ -129,7 +130,7 @@ def work(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def store(work):
-    from atomsift.train.toy import make_toy_store
+    from fixtures_training import make_toy_store
 
     return make_toy_store(work / "store", 24, dataset="rmd17", seed=3, n_val=4, n_test=4)
 
@@ -429,7 +430,7 @@ def test_planted_last_ckpt_without_a_record_of_its_inputs(tmp_path, capsys, genu
 
 
 def test_planted_checkpoint_in_a_pretraining_run(tmp_path, capsys, store):
-    from atomsift.train.toy import make_toy_store
+    from fixtures_training import make_toy_store
 
     up = make_toy_store(tmp_path / "up", 20, dataset="ani1x", seed=0)
     cfg = tmp_path / "pre.yaml"
@@ -451,9 +452,7 @@ def test_planted_checkpoint_in_a_pretraining_run(tmp_path, capsys, store):
 
 
 def _sha12(p: Path) -> str:
-    from atomsift.train.runtime import sha256_of
-
-    return sha256_of(p)[:12]
+    return hashlib.sha256(Path(p).read_bytes()).hexdigest()[:12]
 
 
 def test_resume_with_the_same_inputs_keeps_the_result_and_the_transfer_record(tmp_path, capsys, genuine):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from atomsift.data.mini import DEFAULT_SIZES, GENERATORS, generate
-from atomsift.data.mini.common import Pool, calculator_for, group_split, min_distance
+from atomsift.data.mini.common import Pool, group_split, min_distance, xtb_calculator
 from atomsift.data.store import Store
 from atomsift.errors import InputError
 
@@ -122,10 +122,27 @@ def test_labels_and_tags(stores, qm9_small):
     assert all(_hill(r.numbers) == "C12H22N4O4" for r in stores["md22-mini"])
 
 
-def _hill(z):
-    from atomsift.data.mini.common import hill
+def calculator_for(provenance: dict, numbers, *, accuracy: float | None = None):
+    """A fresh calculator with the settings recorded in a mini store's provenance."""
+    if provenance["method"] == "EMT":
+        from ase.calculators.emt import EMT
 
-    return hill(z)
+        return EMT()
+    return xtb_calculator(provenance["method"], numbers, electronic_temperature=provenance["electronic_temperature_K"],
+                          accuracy=provenance["accuracy"] if accuracy is None else accuracy)
+
+
+def chirality(positions: np.ndarray, names: dict[str, int], ca: str, n: str, c: str, cb: str) -> float:
+    """Signed volume (N-CA).[(C-CA)x(CB-CA)]: positive for an L amino acid (CORN rule)."""
+    p = positions
+    o = p[names[ca]]
+    return float(np.dot(p[names[n]] - o, np.cross(p[names[c]] - o, p[names[cb]] - o)))
+
+
+def _hill(z):
+    from atomsift.data.store import formula
+
+    return formula(z)
 
 
 def test_forces_are_minus_the_energy_gradient(stores):
@@ -247,8 +264,8 @@ def test_splits_mirror_jmp():
 
 def test_hand_built_molecules():
     from atomsift.data.mini import molecules as M
-    from atomsift.data.mini.common import hill
     from atomsift.data.mini.organic import _bonds
+    from atomsift.data.store import formula as hill
 
     for name, formula in (("aspirin", "C9H8O4"), ("glycine", "C2H5NO2"), ("alanine", "C3H7NO2"), ("serine", "C3H7NO3"),
                           ("ac-ala3-nhme", "C12H22N4O4")):
@@ -259,9 +276,9 @@ def test_hand_built_molecules():
 
         assert _connected(_bonds(z, pos)), name
     _, p, names = M.zmatrix(M.HAND_BUILT["alanine"]())
-    assert M.chirality(p, names, "CA", "N", "C", "CB") > 0  # L-alanine
+    assert chirality(p, names, "CA", "N", "C", "CB") > 0  # L-alanine
     _, p, names = M.zmatrix(M.HAND_BUILT["ac-ala3-nhme"]())
-    assert all(M.chirality(p, names, f"CA{i}", f"N{i}", f"C{i}", f"CB{i}") > 0 for i in (1, 2, 3))
+    assert all(chirality(p, names, f"CA{i}", f"N{i}", f"C{i}", f"CB{i}") > 0 for i in (1, 2, 3))
     # relaxing aspirin keeps its bonds
     z, pos = M.build("aspirin")
     r = M.relax(z, pos)

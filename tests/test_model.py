@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from atomsift.data.batch import collate
+from atomsift.data.batch import collate, replace
 from atomsift.data.graphs import GraphSettings
 from atomsift.data.store import Record
 from atomsift.errors import InputError
@@ -95,10 +94,10 @@ def test_invariance_and_equivariance(model64):
     b = collate(recs, dtype=torch.float64)
     R = _rotation(1)
     shift = torch.tensor([1.3, -2.0, 0.7], dtype=torch.float64)
-    b2 = dataclasses.replace(b, pos=b.pos @ R.T + shift)
+    b2 = replace(b, pos=b.pos @ R.T + shift)
     # permute the atoms of each molecule
     perm = torch.cat([torch.randperm(6, generator=torch.Generator().manual_seed(0)), 6 + torch.randperm(9, generator=torch.Generator().manual_seed(1))])
-    b3 = dataclasses.replace(b, pos=b.pos[perm], numbers=b.numbers[perm])
+    b3 = replace(b, pos=b.pos[perm], numbers=b.numbers[perm])
     for head in ("pt", "grad"):
         o1, o2, o3 = (model64(x, head, MOL) for x in (b, b2, b3))
         torch.testing.assert_close(o2["energy"], o1["energy"], rtol=1e-10, atol=1e-10)
@@ -115,7 +114,7 @@ def test_invariance_float32():
     b = collate(_mols(4), dtype=torch.float32)
     R = _rotation(2).float()
     o1 = m(b, "pt", MOL)
-    o2 = m(dataclasses.replace(b, pos=b.pos @ R.T + 3.0), "pt", MOL)
+    o2 = m(replace(b, pos=b.pos @ R.T + 3.0), "pt", MOL)
     scale = float(o1["energy"].detach().abs().max())
     assert float((o2["energy"] - o1["energy"]).detach().abs().max()) <= 1e-4 * scale + 1e-6
 
@@ -131,7 +130,7 @@ def test_gradient_forces_are_minus_finite_differences(model64):
             for sgn in (1, -1):
                 p = b.pos.clone()
                 p[i, k] += sgn * h
-                e.append(float(model64(dataclasses.replace(b, pos=p), "grad", MOL)["energy"][0]))
+                e.append(float(model64(replace(b, pos=p), "grad", MOL)["energy"][0]))
             fd[i, k] = -(e[0] - e[1]) / (2 * h)
     torch.testing.assert_close(f, fd, rtol=1e-6, atol=1e-8)
 
@@ -205,7 +204,7 @@ def test_checkpoint_round_trip(tmp_path, model64):
     assert ex.dim == 64 and len(ex.sha256) == 64
     r1, r2 = load_extractor("random-tiny-1"), load_extractor("random-tiny-1")
     b32 = collate(_mols(9), dtype=torch.float32)
-    torch.testing.assert_close(r1(dataclasses.replace(b32, dataset="qm9")), r2(dataclasses.replace(b32, dataset="qm9")))
+    torch.testing.assert_close(r1(replace(b32, dataset="qm9")), r2(replace(b32, dataset="qm9")))
     assert r1.sha256 != load_extractor("random-tiny-2").sha256
 
 
@@ -213,7 +212,7 @@ def test_fit_scale_factors_gives_unit_variance_ratio():
     from atomsift.models.scaling import fit_scale_factors, scale_factors
 
     m = build_model("tiny", {"pt": HeadSpec("energy_direct_forces")}, True, seed=0)
-    batches = [dataclasses.replace(collate(_mols(s, (8, 10)), dtype=torch.float32), dataset="qm9") for s in (1, 2)]
+    batches = [replace(collate(_mols(s, (8, 10)), dtype=torch.float32), dataset="qm9") for s in (1, 2)]
     values = fit_scale_factors(m, batches)
     assert len(values) == 11 * 2 + 2 * 3
     assert all(v > 0 and math.isfinite(v) for v in values.values())
@@ -408,7 +407,7 @@ def test_synthetic_jmp_checkpoint_loads_strictly_raw_and_ema(tmp_path):
     torch.testing.assert_close(ema.state_dict()["heads.oc22.energy_mlp.8.weight"], 0.5 * sd["output.out_energy.1.8.weight"])
     torch.testing.assert_close(ema.state_dict()[sf], sd[sf])  # buffers are not in the EMA
     # the loaded JMP model runs
-    b = dataclasses.replace(collate(_mols(3), dtype=torch.float32), dataset="ani1x")
+    b = replace(collate(_mols(3), dtype=torch.float32), dataset="ani1x")
     out = raw(b, "ani1x")
     assert out["energy"].shape == (2,) and torch.isfinite(out["forces"]).all()
 

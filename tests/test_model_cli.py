@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 
 from atomsift.cli import main
 
@@ -23,7 +22,6 @@ def test_predict_random_tiny_is_seeded_and_rotation_equivariant(tmp_path, capsys
     from ase.build import bulk
     import ase.io
 
-    rng = np.random.default_rng(0)
     mol = Atoms("CH4", positions=[[0, 0, 0], [0.63, 0.63, 0.63], [-0.63, -0.63, 0.63], [-0.63, 0.63, -0.63], [0.63, -0.63, -0.6]])
     rot = mol.copy()
     rot.rotate(37, (1, 2, 3), center=(0, 0, 0))

@@ -51,11 +51,13 @@ def test_unit_factors_are_ase_codata():
     assert (C.KCAL_MOL * 23.061 - 1) == pytest.approx(1.96e-5, rel=1e-2)
 
 
-def test_hill_formula():
-    assert C.hill_formula([6, 1, 1, 1, 1]) == "CH4"
-    assert C.hill_formula([8, 1, 1]) == "H2O"
-    assert C.hill_formula([17, 11]) == "ClNa"
-    assert C.hill_formula([6, 6, 1, 8, 7, 9]) == "C2HFNO"
+def test_formula_in_hill_order():
+    from atomsift.data.store import formula
+
+    assert formula([6, 1, 1, 1, 1]) == "CH4" and formula([8, 1, 1]) == "H2O" and formula([17, 11]) == "ClNa"
+    assert formula([6, 6, 1, 8, 7, 9]) == "C2HFNO" and formula([9, 1]) == "HF"  # ASE's Hill: H second even without C
+    assert formula([29, 29, 8, 8, 6, 6, 1, 1, 1, 1], reduced=True) == "CH2CuO" and formula([29, 29, 8, 8], reduced=True) == "CuO"
+    assert formula([6, 8, 8], reduced=True) == "CO2" and formula([78, 78, 72, 72, 72, 72], reduced=True) == "Hf2Pt"
 
 
 def test_add_many_matches_add_and_its_messages(tmp_path):

@@ -138,14 +138,15 @@ def test_merge_csi_checks_columns(tmp_path):
 # CSI verdicts, Spearman, figures, report
 
 
-def test_spearman_matches_scipy():
-    from scipy.stats import spearmanr
-
-    cases = [([1, 2, 3, 4], [10, 20, 30, 40]), ([1, 2, 3, 4], [4, 3, 2, 1]), ([0.3, 2.4, 79, 9], [5, 7, 6, 9]),
-             ([1, 1, 2, 3], [3, 1, 2, 2])]
-    for x, y in cases:
-        assert math.isclose(report.spearman(x, y), spearmanr(x, y).statistic, abs_tol=1e-12)
-    assert math.isnan(report.spearman([1, 1, 1], [1, 2, 3]))
+def test_spearman_against_the_rank_difference_formula():
+    # without ties rho = 1 - 6 sum d^2 / (n (n^2 - 1)); with ties, Pearson on average ranks
+    cases = [([1, 2, 3, 4], [10, 20, 30, 40], 1.0), ([1, 2, 3, 4], [4, 3, 2, 1], -1.0),
+             ([0.3, 2.4, 79, 9], [5, 7, 6, 9], 1 - 6 * (0 + 1 + 4 + 1) / (4 * 15)),  # ranks (1, 2, 4, 3), (1, 3, 2, 4)
+             ([1, 1, 2, 3], [3, 1, 2, 2], 0.0),  # ranks (1.5, 1.5, 3, 4) vs (4, 1, 2.5, 2.5): centred products cancel
+             ([1, 2, 2, 3], [1, 2, 3, 4], 4.5 / (4.5 * 5) ** 0.5)]  # centred ranks (-1.5, 0, 0, 1.5), (-1.5, -0.5, 0.5, 1.5)
+    for x, y, rho in cases:
+        assert math.isclose(report.spearman(x, y), rho, abs_tol=1e-12), (x, y)
+    assert math.isnan(report.spearman([1, 1, 1], [1, 2, 3])) and math.isnan(report.spearman([1], [2]))
 
 
 def _csi_table(path: Path, values: dict, extractor="jmp-s", sampling="balanced", agg="flat", tasks=()):

@@ -1,6 +1,6 @@
 """Training: run files, budgeted sampling, linear references, schedule, loop, resume, finetune units.
 
-The loop tests use ``atomsift.train.toy.ToyModel`` (GemNet-OC's call signature, SchNet-like cost)
+The loop tests use ``fixtures_training.ToyModel`` (GemNet-OC's call signature, SchNet-like cost)
 so that they run in seconds on 2 CPU cores; the real backbone is exercised by the models' tests.
 """
 
@@ -25,7 +25,7 @@ from atomsift.train.linref import element_counts, fit_dataset_norm
 from atomsift.train.module import Plateau, WarmupCosine, layerwise_groups
 from atomsift.train.pretrain import BudgetError, run_pretrain
 from atomsift.train.tasks import default_block_lr_scales
-from atomsift.train.toy import make_toy_store, toy_model_factory
+from fixtures_training import make_toy_store, toy_model_factory
 
 
 @pytest.fixture(scope="module")
@@ -113,20 +113,27 @@ def test_sampling_without_replacement_and_seeded():
 
 @pytest.mark.parametrize("n,bs,world", [(37, 4, 2), (10, 3, 3), (8, 4, 2), (5, 4, 3), (1, 2, 2)])
 def test_sampler_sees_each_structure_once_per_epoch(n, bs, world):
+    from torch.utils.data import BatchSampler
+
     seen_orders = []
     for epoch in range(2):
-        per_rank = [D.EpochBatchSampler(n, bs, seed=1, rank=r, world_size=world).batches(epoch, r) for r in range(world)]
+        samplers = [D.EpochSampler(n, bs, seed=1, rank=r, world_size=world) for r in range(world)]
+        per_rank = [s.batches(epoch) for s in samplers]
         assert len({len(b) for b in per_rank}) == 1  # same number of steps on every rank (DDP)
         real = [i for batches in per_rank for b in batches for i in b if i >= 0]
         assert sorted(real) == list(range(n))
         assert all(len(b) >= 1 for batches in per_rank for b in batches)
+        for s, batches in zip(samplers, per_rank):  # what the loader's BatchSampler yields, and its length
+            s.set_epoch(epoch)
+            assert list(BatchSampler(s, bs, drop_last=False)) == batches and len(s) == sum(map(len, batches))
         seen_orders.append([i for b in per_rank[0] for i in b])
     if n > 4:
         assert seen_orders[0] != seen_orders[1]  # reshuffled per epoch
-    s = D.EpochBatchSampler(n, bs, seed=1)
-    full = list(s)
+    s = D.EpochSampler(n, bs, seed=1)
+    full = list(BatchSampler(s, bs, drop_last=False))
     s.skip(1)
-    assert list(s) == full[1:] and list(s) == full
+    assert list(BatchSampler(s, bs, drop_last=False)) == full[1:]
+    assert list(BatchSampler(s, bs, drop_last=False)) == full
 
 
 # ----------------------------------------------------------------------------- linear reference
@@ -229,7 +236,7 @@ def test_budget_single_and_mixed_exact(stores, tmp_path):
 def test_budget_mismatch_fails_loudly(stores, tmp_path):
     class Extra(pl.Callback):
         def on_train_end(self, trainer, module):
-            module.seen[0] += 1  # a structure counted that the plan did not contain
+            module.seen.count[0] += 1  # a structure counted that the plan did not contain
 
     with pytest.raises(BudgetError, match=r"structures seen \{'a': 25\} != planned \{'a': 24\}"):
         run_pretrain(_pre(stores), tmp_path / "x", model_factory=toy_model_factory, callbacks=[Extra()])
@@ -273,6 +280,32 @@ def test_resume_after_kill_equals_uninterrupted(stores, tmp_path, kill_at):
     assert res["val_curve"] == ref["val_curve"]
     # a finished run is reported, not retrained
     assert run_pretrain(cfg, tmp_path / "k", model_factory=toy_model_factory)["wall_time_s"] == res["wall_time_s"]
+
+
+class _KillInValidation(pl.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_validation_batch_start(self, trainer, *args):
+        if trainer.global_step == self.step:
+            raise _Killed
+
+
+@pytest.mark.parametrize("val_every,kill_at", [(None, 4), (2, 2)])  # the validation ending epoch 0, one inside it
+def test_kill_during_validation_resumes_with_that_validation(stores, tmp_path, val_every, kill_at):
+    # last.ckpt is refreshed every step but never right before a validation: the resumed run redoes it
+    mixed = {"stores": {"a": str(stores["a"]), "b": str(stores["b"])}, "mixture": "balanced"}
+    cfg = _pre(stores, upstream=mixed, n_structures=14, epochs=2, batch_size=4, edge_dropout=0.3,
+               checkpoint_every_n_steps=1, record_seen=True, val_every_n_steps=val_every)
+    ref = run_pretrain(cfg, tmp_path / "ref", model_factory=toy_model_factory)
+    with pytest.raises(_Killed):
+        run_pretrain(cfg, tmp_path / "k", model_factory=toy_model_factory, callbacks=[_KillInValidation(kill_at)])
+    res = run_pretrain(cfg, tmp_path / "k", model_factory=toy_model_factory)
+    assert [r["step"] for r in ref["val_curve"]] == ([4, 8] if val_every is None else [2, 4, 6, 8])
+    assert res["val_curve"] == ref["val_curve"] and res["best_val_loss"] == ref["best_val_loss"]
+    a, b = (json.loads((tmp_path / d / "seen_rank0.json").read_text()) for d in ("ref", "k"))
+    assert a["seen"] == b["seen"] and res["structures_seen"] == ref["structures_seen"]
+    assert a["weights_sha256"] == b["weights_sha256"] and a["ema_sha256"] == b["ema_sha256"]
 
 
 # ----------------------------------------------------------------------------- finetuning
@@ -386,3 +419,70 @@ def test_resume_refuses_a_different_run_file(stores, tmp_path):
     # settings that do not change the result may differ
     m = run_pretrain(_pre(stores, checkpoint_every_n_steps=1, log_every_n_steps=3), tmp_path / "k", model_factory=toy_model_factory)
     assert m["structures_seen"] == {"a": 24}
+
+
+def test_a_run_of_another_format_is_not_resumed(stores, tmp_path, capsys):
+    """A run directory written before checkpoint format 2 / the Lightning-parts training state
+    (its inputs.json has no "formats"): its checkpoints hold another weight layout or state, so
+    it is refused in one line, or started over on request, never resumed."""
+    out = tmp_path / "old"
+    cfg = _pre(stores, checkpoint_every_n_steps=1)
+    with pytest.raises(_Killed):
+        run_pretrain(cfg, out, model_factory=toy_model_factory, callbacks=[_KillAt(2)])
+    rec = json.loads((out / "inputs.json").read_text())
+    assert rec["formats"] == {"model": 2, "training_state": 2}
+    del rec["formats"]
+    (out / "inputs.json").write_text(json.dumps(rec))
+    with pytest.raises(InputError) as e:
+        run_pretrain(cfg, out, model_factory=toy_model_factory)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{out / 'run.json'}: field 'formats': {out} holds a run written by another atomsift "
+                                               "(model format 1, training state 1; this one writes 2 and 2)")
+    capsys.readouterr()
+    m = run_pretrain(cfg, out, model_factory=toy_model_factory, on_changed_inputs="restart")
+    assert "starting over" in capsys.readouterr().err and m["structures_seen"] == {"a": 24}
+
+
+def test_changed_inputs_refuse_by_default_and_restart_on_request(stores, tmp_path, capsys):
+    # Snakemake reruns a job whose run file changed over the same directory: the rules pass restart
+    killed, finished = tmp_path / "k", tmp_path / "f"
+    with pytest.raises(_Killed):
+        run_pretrain(_pre(stores, checkpoint_every_n_steps=1), killed, model_factory=toy_model_factory, callbacks=[_KillAt(2)])
+    run_pretrain(_pre(stores), finished, model_factory=toy_model_factory)
+    new = _pre(stores, lr=2e-3, checkpoint_every_n_steps=1)
+    fresh = run_pretrain(new, tmp_path / "fresh", model_factory=toy_model_factory)
+    for out in (killed, finished):
+        with pytest.raises(InputError, match=rf"field 'lr': {out} holds a run started with lr=0.001; delete {out} to start over"):
+            run_pretrain(new, out, model_factory=toy_model_factory)
+        (out / "notes.txt").write_text("not ours")
+        capsys.readouterr()
+        m = run_pretrain(new, out, model_factory=toy_model_factory, on_changed_inputs="restart")
+        err = capsys.readouterr().err.splitlines()
+        assert err == [f"atomsift: {out} holds a run started with lr=0.001; starting over (--on-changed-inputs restart)"]
+        assert m["val_curve"] == fresh["val_curve"] and m["structures_seen"] == fresh["structures_seen"] == {"a": 24}
+        assert json.loads((out / "run.json").read_text())["lr"] == 2e-3 and (out / "notes.txt").exists()
+        for f in ("model.pt", "model_raw.pt"):
+            a, b = (torch.load(d / f, weights_only=False)["state_dict"] for d in (out, tmp_path / "fresh"))
+            assert all(torch.equal(a[k], b[k]) for k in a), f
+    # restart is for changed inputs only: a last.ckpt without a record of its inputs is still refused
+    (killed / "inputs.json").unlink()
+    (killed / "metrics.json").unlink()
+    with pytest.raises(InputError, match="has no readable record of the inputs it was started from"):
+        run_pretrain(new, killed, model_factory=toy_model_factory, on_changed_inputs="restart")
+
+
+def test_cli_on_changed_inputs(stores, tmp_path, capsys):
+    run = tmp_path / "ft.yaml"
+    base = {"task": "rmd17", "store": str(stores["t"]), "size": "tiny", "epochs": 1, "batch_size": 16, "threads": 1,
+            "scale_fit_batches": 0, "lr": 1e-3}
+    run.write_text(json.dumps(base))
+    out = tmp_path / "out"
+    assert main(["finetune", "--config", str(run), "--pretrained", "none", "--out", str(out)]) == 0
+    run.write_text(json.dumps({**base, "lr": 5e-4}))
+    capsys.readouterr()
+    assert main(["finetune", "--config", str(run), "--pretrained", "none", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"atomsift finetune: error: {run}: field 'lr': {out} holds a run started with "
+                                       f"lr=0.001; delete {out} to start over or restore the run file\n")
+    assert main(["finetune", "--config", str(run), "--pretrained", "none", "--out", str(out), "--on-changed-inputs", "restart"]) == 0
+    assert f"atomsift: {out} holds a run started with lr=0.001; starting over" in capsys.readouterr().err
+    assert json.loads((out / "run.json").read_text())["lr"] == 5e-4 and (out / "metrics.json").exists()

@@ -8,14 +8,15 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
-from atomsift.train.toy import make_toy_store
+from fixtures_training import make_toy_store
 
 SCRIPT = textwrap.dedent("""
     import sys
     from atomsift.train.config import pretrain_config_from_dict
     from atomsift.train.pretrain import run_pretrain
-    from atomsift.train.toy import toy_model_factory
+    from fixtures_training import toy_model_factory
 
     a, b, out = sys.argv[1:4]
     cfg = pretrain_config_from_dict({
@@ -34,7 +35,9 @@ def test_ddp_two_ranks_each_structure_once_identical_weights(tmp_path):
     script = tmp_path / "run_ddp.py"
     script.write_text(SCRIPT)
     out = tmp_path / "out"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    tests = str(Path(__file__).resolve().parent)  # fixtures_training
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}
     env.pop("SLURM_JOB_ID", None)
     env.pop("SLURM_NTASKS", None)
     proc = subprocess.run([sys.executable, str(script), str(a), str(b), str(out)], cwd=tmp_path, env=env,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 
@@ -45,12 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
     for name in VERB_MODULES:
         importlib.import_module(name).register(sub)
     return parser
-
-
-def print_json(obj) -> None:
-    """Print ``obj`` as indented JSON on stdout (the ``--json`` output of every verb)."""
-    json.dump(obj, sys.stdout, indent=2, sort_keys=False)
-    sys.stdout.write("\n")
 
 
 def main(argv: list[str] | None = None) -> int:

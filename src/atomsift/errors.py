@@ -7,7 +7,9 @@ turns it into one line on stderr and exit code 2.
 from __future__ import annotations
 
 import difflib
+import inspect
 from pathlib import Path
+from typing import Callable, Iterable
 
 
 class InputError(Exception):
@@ -40,3 +42,16 @@ def unknown_key(key: str, allowed) -> str:
     close = difflib.get_close_matches(str(key), allowed, n=1)
     hint = f", did you mean '{close[0]}'?" if close else ""
     return f"unknown key '{key}'{hint} (allowed: {', '.join(allowed)})"
+
+
+def check_options(func: Callable, options: Iterable[str], owner: str, fixed: Iterable[str] = (),
+                  unlisted: Iterable[str] = ()) -> None:
+    """Refuse options that ``func`` (a reader's ``convert``, a generator) does not take, naming
+    the first and the ones it does take; ``fixed`` are its arguments that are not options,
+    ``unlisted`` options of the Python API that the command line does not offer."""
+    known = [k for k, p in inspect.signature(func).parameters.items()
+             if p.kind is p.KEYWORD_ONLY and k not in set(fixed)]
+    for k in options:
+        if k not in known:
+            takes = ", ".join(f"--{o.replace('_', '-')}" for o in known if o not in set(unlisted)) or "none"
+            raise InputError(f"--{k.replace('_', '-')} does not apply to {owner} (its options: {takes})", field=k)

@@ -1,5 +1,7 @@
-"""Atomic file output: every artefact is written to a temporary sibling and renamed into place,
-so a killed job never leaves a half-written file under its final name.
+"""I/O shared by every verb: atomic file output (every artefact is written to a temporary sibling
+and renamed into place, so a killed job never leaves a half-written file under its final name),
+the sha256 of a file and the ``--json`` output on stdout. A leaf module: it imports nothing of ours
+but :mod:`atomsift.errors`.
 
 A temporary of ``DIR/NAME`` is ``DIR/.NAME.tmp-<token>[suffix]`` (a file or a directory). Its
 writer holds an exclusive ``flock`` on it while it lives; a temporary nobody holds is a leftover
@@ -12,9 +14,11 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import shutil
+import sys
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -151,7 +155,7 @@ def atomic_paths(*paths: str | Path) -> Iterator[list[Path]]:
         for lock in locks:
             lock.release()
         for tmp in tmps:
-            if tmp.exists():
+            if tmp.is_symlink() or tmp.exists():
                 tmp.unlink()
 
 
@@ -209,3 +213,15 @@ def save_figure(fig, out: str | Path, dpi: int = 150, **kwargs) -> Path:
     finally:
         plt.close(fig)
     return Path(out)
+
+
+def file_digest(path: str | Path, algo: str = "sha256") -> str:
+    """Hex digest of a file's bytes (sha256 unless ``algo`` names another hashlib algorithm)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, algo).hexdigest()
+
+
+def print_json(obj) -> None:
+    """Print ``obj`` as indented JSON on stdout (the ``--json`` output of every verb)."""
+    json.dump(obj, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")

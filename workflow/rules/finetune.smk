@@ -38,6 +38,7 @@ rule finetune:
         runtime=1440,
     conda:
         ENV
+    # a rerun (changed run file, store or checkpoint) over a run directory starts over; a hand-run command refuses
     shell:
         "OMP_NUM_THREADS={threads} atomsift finetune --config {input.run} "
-        "--pretrained {params.pretrained} --out {params.out} > {log} 2>&1"
+        "--pretrained {params.pretrained} --out {params.out} --on-changed-inputs restart > {log} 2>&1"

@@ -39,5 +39,7 @@ rule pretrain:
         runtime=2880,
     conda:
         ENV
+    # a rerun (changed run file or stores) over a run directory starts over; a hand-run command refuses
     shell:
-        "OMP_NUM_THREADS={threads} atomsift pretrain --config {input.run} --out {params.out} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} atomsift pretrain --config {input.run} --out {params.out} "
+        "--on-changed-inputs restart > {log} 2>&1"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def register(sub) -> None:
@@ -127,10 +126,11 @@ def _moments(args) -> int:
 
     from atomsift import __version__
     from atomsift.errors import InputError
-    from atomsift.cli import print_json
+    from atomsift.fsio import print_json
     from atomsift.csi.moments import compute_moments, save_moments
     from atomsift.csi.sampling import sample_store
     from atomsift.data.store import Store
+    from atomsift.models.checkpoint import load_extractor
 
     _sample_size(args.n)
     _positive(args.batch_size, "--batch-size")
@@ -233,17 +233,6 @@ def _merge(args) -> int:
     return 0
 
 
-def load_extractor(spec: str):
-    """``atomsift.models.load_extractor(spec)``, with a one-line error when it is unavailable."""
-    from atomsift.errors import InputError
-
-    try:
-        from atomsift.models import load_extractor as _load
-    except ImportError:
-        raise InputError("no extractor backend: atomsift.models.load_extractor is not available in this build", field="extractor") from None
-    return _load(spec)
-
-
 def on_device(ex, device: str):
     """Move an extractor that can move (it has ``to``) to ``device``; "auto" picks CUDA when present.
     Extractors without ``to`` run on the CPU, and asking for another device is an error."""
@@ -268,7 +257,7 @@ def on_device(ex, device: str):
 
 
 def _csi(args) -> int:
-    from atomsift.cli import print_json
+    from atomsift.fsio import print_json
     from atomsift.csi.select import Candidate, csi
     from atomsift.csi.moments import load_moments
 
@@ -290,10 +279,11 @@ def _pair(path, loader):
 
 
 def _select(args) -> int:
-    from atomsift.cli import print_json
+    from atomsift.fsio import print_json
     from atomsift.csi.moments import accumulate_batches, save_moments
     from atomsift.csi.select import check_compatible, default_candidates, load_candidates, parse_named, rank, read_data, recommendation
     from atomsift.errors import InputError
+    from atomsift.models.checkpoint import load_extractor
 
     _sample_size(args.n)
     _positive(args.batch_size, "--batch-size")
@@ -356,7 +346,7 @@ def _select(args) -> int:
 
 
 def _table(args) -> int:
-    from atomsift.cli import print_json
+    from atomsift.fsio import print_json
     from atomsift.csi.select import load_candidates, parse_named, read_table, table_rows, write_csv
 
     _output(args.out, moments=False)
@@ -396,7 +386,7 @@ def _figure(args) -> int:
 
 
 def _coverage(args) -> int:
-    from atomsift.cli import print_json
+    from atomsift.fsio import print_json
     from atomsift.csi.sampling import store_coverage
     from atomsift.data.store import Store
 

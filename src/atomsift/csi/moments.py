@@ -193,7 +193,9 @@ def accumulate_batches(batches: Iterable, extractor: Callable, agg: str = "flat"
                 if not bool(mask.all()):
                     if not bool(mask.any()):
                         continue
-                    batch = batch.select(mask)
+                    from atomsift.data.batch import select
+
+                    batch = select(batch, mask)
             feats = _call(extractor, batch, edge_dropout)
             if feats.ndim != 2 or feats.shape[0] != batch.numbers.shape[0]:
                 raise RuntimeError(f"extractor returned shape {tuple(feats.shape)} for a batch of {batch.numbers.shape[0]} atoms")
@@ -206,7 +208,7 @@ def accumulate_batches(batches: Iterable, extractor: Callable, agg: str = "flat"
 
 
 def store_batches(store, indices, batch_size: int = 32, dtype=None) -> Iterator:
-    """AtomsBatch-es of ``store`` structures ``indices`` (global), in order, tagged with the dataset."""
+    """PyG Batches of ``store`` structures ``indices`` (global), in order, tagged with the dataset."""
     import torch
 
     from atomsift.data.batch import collate

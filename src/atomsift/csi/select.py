@@ -154,7 +154,7 @@ def recommendation(downstream: str, ranking: list[dict]) -> str:
 
 
 def read_data(data: str | Path, n: int, seed: int, *, split: str = "train", min_atoms: int = 4):
-    """A downstream sample: (name, dataset family or None, iterator factory of AtomsBatch, n_structures).
+    """A downstream sample: (name, dataset family or None, iterator factory of PyG Batches, n_structures).
 
     ``data`` is a store directory (its ``split``, else all structures) or any file ``ase.io.read``
     understands (all frames). At most ``n`` structures with at least ``min_atoms`` atoms are taken

@@ -1,109 +1,84 @@
-"""Batches of structures as torch tensors: the currency between data, models, CSI and training."""
+"""Structures as torch-geometric ``Data`` and batches of them as PyG ``Batch``: the currency
+between data, models, CSI and training.
+
+One structure is a ``Data`` with ``numbers`` (N,) long, ``pos`` (N, 3) Angstrom, ``cell`` (1, 3, 3),
+``pbc`` (1, 3) bool, ``natoms`` (1,) long, ``tags`` (N,) long, ``fixed`` (N,) bool, ``idx`` (1,) long
+(its global store index), ``dataset`` (the source dataset family, a string) and, when the store has
+them, ``energy`` (1,) eV, ``forces`` (N, 3) eV/Angstrom and ``targets`` (name -> (1,)). PyG's
+``Batch.from_data_list`` concatenates them and adds ``batch`` (N,) and ``ptr``, so any PyG dataset
+or loader yielding such ``Data`` feeds our models directly. (The store index is ``idx``, not
+``index``: PyG shifts every attribute whose name contains "index" by the atom count.)
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+import copy
 from typing import Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch_geometric.data import Batch, Data
 
 from atomsift.data.store import Record
 
 
-@dataclass
-class AtomsBatch:
-    """B structures, N atoms in total, concatenated.
-
-    Attributes: ``numbers`` (N,) long; ``pos`` (N, 3) Angstrom; ``cell`` (B, 3, 3); ``pbc`` (B, 3) bool;
-    ``natoms`` (B,) long; ``batch`` (N,) long structure index of each atom; ``tags`` (N,) long;
-    ``fixed`` (N,) bool; ``energy`` (B,) eV or None; ``forces`` (N, 3) eV/Angstrom or None;
-    ``targets`` name -> (B,) tensor; ``index`` (B,) long global store indices; ``dataset`` names the
-    source dataset family of every structure (one string for a homogeneous batch).
-    """
-
-    numbers: Tensor
-    pos: Tensor
-    cell: Tensor
-    pbc: Tensor
-    natoms: Tensor
-    batch: Tensor
-    tags: Tensor
-    fixed: Tensor
-    energy: Tensor | None = None
-    forces: Tensor | None = None
-    targets: dict[str, Tensor] = field(default_factory=dict)
-    index: Tensor | None = None
-    dataset: str | list[str] | None = None
-
-    @property
-    def num_graphs(self) -> int:
-        return int(self.natoms.shape[0])
-
-    def to(self, device=None, dtype: torch.dtype | None = None) -> "AtomsBatch":
-        """Move tensors to ``device``; cast floating tensors to ``dtype`` if given."""
-
-        def mv(x):
-            if x is None:
-                return None
-            if isinstance(x, dict):
-                return {k: mv(v) for k, v in x.items()}
-            if not isinstance(x, Tensor):
-                return x
-            if dtype is not None and x.is_floating_point():
-                return x.to(device=device, dtype=dtype)
-            return x.to(device=device)
-
-        return replace(self, **{f.name: mv(getattr(self, f.name)) for f in fields(self)})
-
-    def select(self, keep: Tensor) -> "AtomsBatch":
-        """The structures where ``keep`` (B,) bool is True, in order."""
-        keep = keep.to(device=self.natoms.device, dtype=torch.bool)
-        atoms = keep[self.batch]
-        natoms = self.natoms[keep]
-        per_graph = lambda x: None if x is None else x[keep]  # noqa: E731
-        per_atom = lambda x: None if x is None else x[atoms]  # noqa: E731
-        dataset = self.dataset
-        if isinstance(dataset, (list, tuple)):
-            dataset = [d for d, k in zip(dataset, keep.tolist()) if k]
-        return replace(
-            self, numbers=self.numbers[atoms], pos=self.pos[atoms], cell=self.cell[keep], pbc=self.pbc[keep],
-            natoms=natoms, batch=torch.repeat_interleave(torch.arange(natoms.numel(), device=natoms.device), natoms),
-            tags=self.tags[atoms], fixed=self.fixed[atoms], energy=per_graph(self.energy), forces=per_atom(self.forces),
-            targets={k: v[keep] for k, v in self.targets.items()}, index=per_graph(self.index), dataset=dataset)
+def to_data(rec: Record, dtype: torch.dtype = torch.float32, dataset: str | None = None, *,
+            energy: bool = True, forces: bool = True, targets: Sequence[str] | None = None) -> Data:
+    """One :class:`~atomsift.data.store.Record` as a PyG ``Data``; ``energy``/``forces`` False leave
+    those labels out, ``targets`` picks the target names kept (default: all the record has).
+    An unknown dataset family is "" (the default graph settings)."""
+    d = Data(
+        numbers=torch.as_tensor(rec.numbers, dtype=torch.long),
+        pos=torch.as_tensor(rec.positions, dtype=dtype),
+        cell=torch.as_tensor(rec.cell, dtype=dtype).reshape(1, 3, 3),
+        pbc=torch.as_tensor(rec.pbc, dtype=torch.bool).reshape(1, 3),
+        natoms=torch.tensor([rec.natoms]),
+        tags=torch.as_tensor(rec.tags, dtype=torch.long),
+        fixed=torch.as_tensor(rec.fixed, dtype=torch.bool),
+        idx=torch.tensor([rec.index]),
+        dataset=dataset or "",
+    )
+    if energy and rec.energy is not None:
+        d.energy = torch.tensor([rec.energy], dtype=torch.float64).to(dtype)
+    if forces and rec.forces is not None:
+        d.forces = torch.as_tensor(rec.forces, dtype=dtype)
+    names = rec.targets.keys() if targets is None else targets
+    if names:
+        d.targets = {k: torch.tensor([rec.targets[k]], dtype=torch.float64).to(dtype) for k in names}
+    return d
 
 
-def collate(records: Sequence[Record], dtype: torch.dtype = torch.float32, dataset: str | list[str] | None = None) -> AtomsBatch:
-    """Concatenate :class:`~atomsift.data.store.Record` s into one :class:`AtomsBatch`."""
+def collate(records: Sequence[Record], dtype: torch.dtype = torch.float32, dataset: str | None = None) -> Batch:
+    """Records as one PyG ``Batch``; energy, forces and each target are kept when every record has them."""
     if not records:
         raise ValueError("cannot collate an empty list of structures")
-    natoms = np.array([r.natoms for r in records], dtype=np.int64)
-    numbers = np.concatenate([r.numbers for r in records])
-    pos = np.concatenate([r.positions for r in records])
-    b = AtomsBatch(
-        numbers=torch.as_tensor(numbers, dtype=torch.long),
-        pos=torch.as_tensor(pos, dtype=dtype),
-        cell=torch.as_tensor(np.stack([r.cell for r in records]), dtype=dtype),
-        pbc=torch.as_tensor(np.stack([r.pbc for r in records]), dtype=torch.bool),
-        natoms=torch.as_tensor(natoms),
-        batch=torch.repeat_interleave(torch.arange(len(records)), torch.as_tensor(natoms)),
-        tags=torch.as_tensor(np.concatenate([r.tags for r in records]), dtype=torch.long),
-        fixed=torch.as_tensor(np.concatenate([r.fixed for r in records]), dtype=torch.bool),
-        index=torch.as_tensor([r.index for r in records], dtype=torch.long),
-        dataset=dataset,
-    )
-    if all(r.energy is not None for r in records):
-        b.energy = torch.as_tensor([r.energy for r in records], dtype=torch.float64).to(dtype)
-    if all(r.forces is not None for r in records):
-        b.forces = torch.as_tensor(np.concatenate([r.forces for r in records]), dtype=dtype)
+    energy = all(r.energy is not None for r in records)
+    forces = all(r.forces is not None for r in records)
     names = records[0].targets.keys()
-    if names and all(r.targets.keys() == names for r in records):
-        b.targets = {k: torch.as_tensor([r.targets[k] for r in records], dtype=torch.float64).to(dtype) for k in names}
-    return b
+    common = list(names) if all(r.targets.keys() == names for r in records) else []
+    return Batch.from_data_list([to_data(r, dtype, dataset, energy=energy, forces=forces, targets=common) for r in records])
 
 
-def from_atoms(atoms_list, dtype: torch.dtype = torch.float32) -> AtomsBatch:
+def select(batch: Batch, keep: torch.Tensor) -> Batch:
+    """The structures of ``batch`` where ``keep`` (B,) bool is True, in order, as a new ``Batch``."""
+    idx = torch.nonzero(keep.to(dtype=torch.bool).cpu(), as_tuple=True)[0]
+    return Batch.from_data_list(batch.index_select(idx))
+
+
+def cast(batch: Batch, dtype: torch.dtype) -> Batch:
+    """A shallow copy of ``batch`` with its floating tensors in ``dtype`` (the caller's is untouched)."""
+    return copy.copy(batch).apply(lambda x: x.to(dtype) if x.is_floating_point() else x)
+
+
+def replace(batch: Batch, **fields) -> Batch:
+    """A shallow copy of ``batch`` with ``fields`` set (positions of a rotated copy, another dataset)."""
+    out = copy.copy(batch)
+    for k, v in fields.items():
+        setattr(out, k, v)
+    return out
+
+
+def from_atoms(atoms_list, dtype: torch.dtype = torch.float32) -> Batch:
     """Collate ASE ``Atoms`` (energy/forces from an attached calculator when present)."""
     recs = []
     for i, a in enumerate(atoms_list):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import sys
 
 
 def register(sub) -> None:
@@ -47,10 +45,8 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_download)
 
-    try:
-        from atomsift.data.mini.cli import register as register_mini
-    except ModuleNotFoundError:
-        return
+    from atomsift.data.mini.cli import register as register_mini
+
     register_mini(sub)
 
 
@@ -60,7 +56,7 @@ _READER_OPTIONS = ("subset", "energy_key", "forces_key", "class_key", "metadata"
 def _prepare(args) -> int:
     import time
 
-    from atomsift.cli import print_json
+    from atomsift.fsio import print_json
     from atomsift.data.readers import prepare
     from atomsift.data.store import Store
 
@@ -89,7 +85,7 @@ def _print_info(info: dict) -> None:
     print(f"structures   {info['n_structures']}")
     print(f"atoms        {info['n_atoms']}")
     print(f"elements     {info['elements']}")
-    print(f"splits       " + ", ".join(f"{k} {v}" for k, v in info["splits"].items()))
+    print("splits       " + ", ".join(f"{k} {v}" for k, v in info["splits"].items()))
     print(f"classes      {info['n_classes']}")
     print(f"fields       {', '.join(info['fields'])}")
     if info.get("targets"):
@@ -99,7 +95,7 @@ def _print_info(info: dict) -> None:
 
 
 def _info(args) -> int:
-    from atomsift.cli import print_json
+    from atomsift.fsio import print_json
     from atomsift.data.store import Store
 
     info = Store(args.store).info()
@@ -111,7 +107,7 @@ def _info(args) -> int:
 
 
 def _show(args) -> int:
-    from atomsift.cli import print_json
+    from atomsift.fsio import print_json
     from atomsift.data.store import Store
     from atomsift.errors import InputError
 
@@ -136,9 +132,9 @@ def _show(args) -> int:
     if args.json:
         print_json(out)
     else:
-        from ase.symbols import Symbols
+        from atomsift.data.store import formula
 
-        print(f"structure {r.index}: {Symbols(r.numbers).get_chemical_formula('hill')}, {r.natoms} atoms, class {r.cls}")
+        print(f"structure {r.index}: {formula(r.numbers)}, {r.natoms} atoms, class {r.cls}")
         if r.energy is not None:
             print(f"energy  {r.energy:.6f} eV")
         for k, v in r.targets.items():
@@ -147,7 +143,7 @@ def _show(args) -> int:
 
 
 def _download(args) -> int:
-    from atomsift.cli import print_json
+    from atomsift.fsio import print_json
     from atomsift.data.download import DATASETS, download, select
     from atomsift.errors import InputError
 

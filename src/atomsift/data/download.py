@@ -17,7 +17,6 @@ arguments (``--url``, ``--sha256``, ``--dest``) are checked before any network.
 from __future__ import annotations
 
 import errno
-import hashlib
 import http.client
 import json
 import os
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from atomsift.errors import InputError
+from atomsift.fsio import file_digest
 
 
 @dataclass(frozen=True)
@@ -186,11 +186,6 @@ def _opener() -> urllib.request.OpenerDirector:
     return opener
 
 
-def _digest(path: Path, algo: str) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, algo).hexdigest()
-
-
 def _verify(path: Path, url: str, size: int | None, sha256: str | None, md5: str | None) -> str | None:
     """None when ``path`` matches what is published (size, checksums), else the reason."""
     got = path.stat().st_size
@@ -198,7 +193,7 @@ def _verify(path: Path, url: str, size: int | None, sha256: str | None, md5: str
         return f"size {got} bytes, published {size}"
     for algo, want in (("sha256", sha256), ("md5", md5)):
         if want:
-            have = _digest(path, algo)
+            have = file_digest(path, algo)
             if have != want.lower():
                 return f"{algo} {have} does not match the published {want.lower()}"
     return None

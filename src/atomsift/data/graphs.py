@@ -605,7 +605,7 @@ def edge_geometry(pos: Tensor, cell: Tensor, batch: Tensor, g: Graph) -> tuple[T
 
 
 def batch_graphs(batch, settings: GraphSettings | None = None, edge_dropout: float = 0.0, generator=None) -> GraphSet:
-    """:func:`build_graphs` for an :class:`~atomsift.data.batch.AtomsBatch`."""
+    """:func:`build_graphs` for a PyG ``Batch`` in our ``Data`` layout (:mod:`atomsift.data.batch`)."""
     if settings is None:
         settings = graph_settings(batch.dataset)
     return build_graphs(batch.pos, batch.cell, batch.pbc, batch.natoms, batch.tags, settings, edge_dropout, generator)

@@ -26,6 +26,7 @@ leaves nothing that looks like a store.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import os
@@ -39,6 +40,7 @@ import numpy as np
 
 from atomsift import __version__, fsio
 from atomsift.errors import InputError
+from atomsift.fsio import file_digest
 
 FORMAT_NAME = "atomsift-store"
 FORMAT_VERSION = 1
@@ -67,21 +69,35 @@ _ALWAYS = ("numbers", "positions", "cell", "pbc", "tags", "fixed")
 _HEADER_LEN = 256  # bytes reserved for a .npy header (magic + len + dict), rewritten on close
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file, or of every file below a directory (sorted by relative path)."""
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a source: a file (:func:`atomsift.fsio.file_digest`), or every file below a
+    directory, each relative path then its bytes, in sorted order."""
     p = Path(path)
+    if p.is_file():
+        return file_digest(p)
     h = hashlib.sha256()
-    files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())
-    for f in files:
-        if p.is_dir():
-            h.update(str(f.relative_to(p)).encode())
+    for f in sorted(q for q in p.rglob("*") if q.is_file()):
+        h.update(str(f.relative_to(p)).encode())
         with open(f, "rb") as fh:
-            while True:
-                b = fh.read(chunk)
-                if not b:
-                    break
-                h.update(b)
+            hashlib.file_digest(fh, lambda: h)  # streams the bytes into the running hash
     return h.hexdigest()
+
+
+def formula(numbers, reduced: bool = False) -> str:
+    """Chemical formula of a structure in ASE's Hill order (C, H, then alphabetical): the class
+    label of the readers and generators. ``reduced`` divides the counts by their gcd (Cu4O4 -> CuO)."""
+    counts = np.bincount(np.asarray(numbers, dtype=np.int64).reshape(-1))
+    nz = np.flatnonzero(counts)
+    return _formula(tuple(zip(nz.tolist(), counts[nz].tolist())), reduced)
+
+
+@functools.lru_cache(maxsize=1 << 16)  # datasets repeat compositions (OC20: 10^8 structures)
+def _formula(composition: tuple[tuple[int, int], ...], reduced: bool) -> str:
+    from ase.data import chemical_symbols
+    from ase.formula import Formula
+
+    f = Formula.from_dict({chemical_symbols[z]: c for z, c in composition if z})
+    return (f.reduce()[0] if reduced else f).format("hill")
 
 
 # ----------------------------------------------------------------------------------- .npy streaming
@@ -903,6 +919,3 @@ def _read_split(path: Path, n: int) -> np.ndarray:
         raise InputError(f"index {bad} outside 0..{n - 1} (damaged store)", path=path)
     return idx.astype(np.int64, copy=False)
 
-
-def open_store(path: str | Path) -> Store:
-    return Store(path)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from atomsift.data.graphs import GraphSet
-from atomsift.models.layers import Dense, he_orthogonal_init, segment_sum
+from atomsift.models.layers import Dense, he_orthogonal_init
 
 
 class PolynomialEnvelope(nn.Module):
@@ -113,10 +113,6 @@ class EdgeEmbedding(nn.Module):
         hs = h @ W[:, :A].t()
         ht = h @ W[:, A : 2 * A].t()
         return self.dense.act(y + hs[idx_s] + ht[idx_t])
-
-
-def _cos(u: Tensor, v: Tensor) -> Tensor:
-    return (u * v).sum(-1).clamp(-1.0, 1.0)
 
 
 def _legendre_in_cosines(L: int) -> tuple[Tensor, Tensor]:
@@ -289,25 +285,6 @@ def quadruplet_message(dh: dict, ops: dict, x_tin: Tensor, out_t: Tensor, out_sl
     return torch.bmm(ops["Q"], zE) - torch.bmm(ops["Qx"], xs)
 
 
-def dihedral_sum_bruteforce(V_m: Tensor, V_q: Tensor, main, qint, x_tin: Tensor, n_atoms: int, L: int) -> Tensor:
-    """Reference for :func:`dihedral_sum`: enumerate the quadruplets (JMP ``get_quadruplets``) and
-    use JMP's dihedral formula on each."""
-    from atomsift.data.graphs import quadruplets
-
-    Q = quadruplets(main, qint, n_atoms)
-    tin, tout = Q.triplet_in, Q.triplet_out
-    V_ca = V_m[Q.out]
-    V_ba = V_q[tout.in_[Q.trip_out_to_quad]]
-    V_db = V_m[tin.in_[Q.trip_in_to_quad]]
-    u = torch.linalg.cross(V_ca, V_ba, dim=-1)
-    v = torch.linalg.cross(V_db, V_ba, dim=-1)
-    w = torch.linalg.cross(u, v, dim=-1)
-    y = torch.sqrt((w * w).sum(-1).clamp_min(1e-18))
-    x = (u * v).sum(-1)
-    Y = circular_basis(x / torch.sqrt(x * x + y * y), L)
-    return segment_sum(Y[:, :, None] * x_tin[Q.trip_in_to_quad][:, None, :], Q.trip_out_to_quad, tout.out.numel())
-
-
 def _pad(x: Tensor, index: Tensor) -> Tensor:
     """Rows of ``x`` laid out by a padded index (padding -> zeros)."""
     return torch.cat([x, x.new_zeros((1,) + tuple(x.shape[1:]))])[index]
@@ -394,7 +371,7 @@ class Bases(nn.Module):
         R_e2a = torch.cat([R_e2a, R_e2a.new_zeros((1,) + R_e2a.shape[1:])])[ap.index]  # (N, Kae, I, L)
         N, Kae, I, _ = R_e2a.shape
         R_e2a = R_e2a.permute(0, 2, 1, 3).reshape(N, I, Kae * L)
-        t_m, t_ae = g.main.edge_index[1], g.a2ee2a.edge_index[1]
+        t_m = g.main.edge_index[1]
         bases = {
             "rbf_main": rbf_m,
             "tint": {"rad": self.mlp_rbf_tint(rbf_m), "R": self.mlp_cbf_tint(rbf_m), "Y": Y_t, "in_index": mp.index, "out_t": t_m, "out_slot": mp.slot},

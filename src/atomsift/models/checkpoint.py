@@ -25,14 +25,14 @@ format-1 files are converted on load where that is exact, refused in one line wh
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from atomsift import fsio
+from atomsift.data.batch import cast
 from atomsift.errors import InputError
 from atomsift.models.gemnet_oc import SIZES, BackboneConfig
 from atomsift.models.heads import HeadSpec
@@ -56,16 +56,8 @@ def save_checkpoint(path, model: GemNetModel, meta: dict | None = None) -> Path:
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "meta": dict(meta or {}),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with fsio.atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
@@ -369,15 +361,7 @@ class Extractor:
     @torch.no_grad()
     def __call__(self, batch, graph=None, edge_dropout: float = 0.0, generator=None) -> Tensor:
         dtype = next(self.model.parameters()).dtype
-        return self.model.backbone_features(batch.to(dtype=dtype), graph, edge_dropout=edge_dropout, generator=generator)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return self.model.backbone_features(cast(batch, dtype), graph, edge_dropout=edge_dropout, generator=generator)
 
 
 def load_extractor(spec: str) -> Extractor:
@@ -396,4 +380,4 @@ def load_extractor(spec: str) -> Extractor:
     if not path.exists():
         raise InputError("extractor is neither random-<size>-<seed> nor an existing checkpoint", path=path)
     model, _ = load_checkpoint(path)
-    return Extractor(model, path.stem, _sha256_file(path))
+    return Extractor(model, path.stem, fsio.file_digest(path))

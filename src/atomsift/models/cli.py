@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 SIZES = ("tiny", "small", "large")
@@ -32,7 +31,7 @@ def register(sub) -> None:
 def _model_info(args) -> int:
     import torch
 
-    from atomsift.cli import print_json
+    from atomsift.fsio import print_json
     from atomsift.models.gemnet_oc import backbone_config
     from atomsift.models.heads import HeadSpec
     from atomsift.models.model import GemNetModel
@@ -59,9 +58,8 @@ def _predict(args) -> int:
     frames = read_frames(path)  # the structure checks every verb shares, before torch is imported
 
     import numpy as np
-    import torch
 
-    from atomsift.cli import print_json
+    from atomsift.fsio import print_json
     from atomsift.data.batch import from_atoms
     from atomsift.data.graphs import graph_settings
     from atomsift.models.checkpoint import load_checkpoint

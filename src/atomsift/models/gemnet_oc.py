@@ -203,7 +203,7 @@ class QuadrupletInteraction(nn.Module):
         self.up_projection_ca = Dense(emb_quad_out, emb_edge)
         self.up_projection_ac = Dense(emb_quad_out, emb_edge)
 
-    def forward(self, m: Tensor, basis: dict, quad, id_swap: Tensor, n_qint: int) -> Tensor:
+    def forward(self, m: Tensor, basis: dict, quad, id_swap: Tensor) -> Tensor:
         x = self.dense_db(m)
         x2 = x * self.mlp_rbf(basis["rad"])
         x = self.scale_rbf(x2, ref=x)
@@ -312,13 +312,12 @@ class InteractionBlock(nn.Module):
         self.residual_m = nn.Sequential(*[ResidualLayer(E) for _ in range(c.num_concat)])
 
     def forward(self, h: Tensor, m: Tensor, bases: dict, g: GraphSet) -> tuple[Tensor, Tensor]:
-        n_main = m.shape[0]
         N = h.shape[0]
         id_swap = g.main.id_swap
         idx_s, idx_t = g.main.edge_index
         x_skip = self.dense_ca(m)
         x_e2e = self.trip_interaction(m, bases["tint"]["rad"], bases["tint"], id_swap=id_swap)
-        x_qint = self.quad_interaction(m, bases["qint"], g.quad, id_swap, g.qint.num_edges)
+        x_qint = self.quad_interaction(m, bases["qint"], g.quad, id_swap)
         x_a2e = self.atom_edge_interaction(h, bases["aeint"]["rad"], bases["aeint"], id_swap=id_swap, expand_idx=g.a2ee2a.edge_index[0])
         h_e2a = self.edge_atom_interaction(m, bases["eaint"]["rad"], bases["eaint"])
         h_a2a = self.atom_interaction(h, bases["aint"], g.a2a.edge_index)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import torch
 from torch import Tensor, nn
+from torch_geometric.utils import scatter
 
 from atomsift.models.layers import ScaledSiLU, segment_sum
 
@@ -47,14 +47,8 @@ def mlp(width: int, num_mlps: int, bias: bool, last_bias: bool = False) -> nn.Se
 
 
 def reduce_atoms(x: Tensor, batch: Tensor, num_graphs: int, reduction: str) -> Tensor:
-    """(N,) per-atom values -> (B,) by sum / mean / max."""
-    if reduction == "sum":
-        return segment_sum(x, batch, num_graphs)
-    if reduction == "mean":
-        n = torch.bincount(batch, minlength=num_graphs).clamp_min(1).to(x.dtype)
-        return segment_sum(x, batch, num_graphs) / n
-    out = torch.full((num_graphs,), -torch.inf, dtype=x.dtype, device=x.device)
-    return out.scatter_reduce(0, batch, x, reduce="amax", include_self=True)
+    """(N,) per-atom values -> (B,) by sum / mean / max (PyG's scatter)."""
+    return scatter(x, batch, 0, num_graphs, reduce=reduction)
 
 
 class Head(nn.Module):

@@ -1,5 +1,5 @@
 """Building blocks of GemNet-OC (JMP.md §1.7): ScaledSiLU, Dense, ResidualLayer, ScaleFactor,
-the He-orthogonal initialiser and torch-only segment sums."""
+the He-orthogonal initialiser and segment sums (torch-geometric's scatter)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch_geometric.utils import scatter
 
 
 def segment_sum(x: Tensor, index: Tensor, size: int) -> Tensor:
-    """sum of rows of ``x`` into ``size`` rows by ``index`` (index_add, twice differentiable)."""
-    out = x.new_zeros((size,) + tuple(x.shape[1:]))
-    return out.index_add(0, index, x)
+    """sum of rows of ``x`` into ``size`` rows by ``index`` (PyG's scatter, twice differentiable)."""
+    return scatter(x, index, 0, size, reduce="sum")
 
 
 def he_orthogonal_init(weight: Tensor) -> Tensor:

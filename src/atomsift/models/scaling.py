@@ -93,7 +93,7 @@ def fit_scale_factors(model, batches: Iterable, graph=None) -> dict[str, float]:
     other in forward order (earlier fitted factors stay active), as JMP's ``fit_scales``:
     s = sqrt(Var(ref) / Var(x)), variances averaged over the batches weighted by rows.
 
-    ``batches``: AtomsBatch objects (iterated once per factor, so keep them few: JMP uses 16).
+    ``batches``: PyG batches (:mod:`atomsift.data.batch`) (iterated once per factor, so keep them few: JMP uses 16).
     ``graph``: GraphSettings (default: each batch's dataset). Returns name -> fitted value.
     The model runs in eval mode in the batches' dtype (fp32 in JMP).
     """

@@ -65,7 +65,7 @@ def _figure(args) -> int:
                          "CSI figures: atomsift csi-figure)", path=args.config, field="figure")
     data = makers[kind](spec, args.out)
     if args.json:
-        from atomsift.cli import print_json
+        from atomsift.fsio import print_json
 
         print_json(data)
     else:

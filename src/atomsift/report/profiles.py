@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from atomsift.errors import InputError
+from atomsift.fsio import atomic_path
 
 
 def default_dest() -> Path:
@@ -46,8 +47,7 @@ def install(name: str, *, source: str | None = None, dest: str | None = None, fo
             raise InputError("is a directory; move it away first", path=link)
     if root.exists() and not root.is_dir():
         raise InputError("is not a directory", path=root)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{name}.tmp-{os.getpid()}"
-    tmp.symlink_to(target, target_is_directory=True)
-    os.replace(tmp, link)
+    with atomic_path(link) as tmp:  # a temporary link renamed over the name
+        tmp.unlink()  # atomic_path holds the temporary name as an empty file
+        tmp.symlink_to(target, target_is_directory=True)
     return link, target, True

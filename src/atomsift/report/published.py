@@ -133,8 +133,6 @@ FIG9 = {
     "oc22": {"random": 2467, "balanced": 3519, "total": 3519},
 }
 
-# Which upstream the paper's CSI ranks lowest per task (Figs. 3, 5; no CSI values were published).
-LOWEST_CSI = {"rmd17": "ani1x", "md22": "ani1x", "spice": "ani1x", "qm9": "ani1x", "qm9-gap": "ani1x", "qmof": "ani1x"}
 
 
 def block_keys(table: str) -> list[tuple]:

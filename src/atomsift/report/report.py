@@ -17,12 +17,13 @@ from pathlib import Path
 
 from atomsift.errors import InputError
 from atomsift.safeio import read_text
+from atomsift.fsio import write_text
 
 from . import published
 from .figures import read_csi
 from .grid import NONE, budget_label, parse_budget
 from .published import UPSTREAM_LABELS
-from .tables import build, collect, mean_sd, paired, write_atomic
+from .tables import build, collect, mean_sd, paired
 
 PACKAGES = ("atomsift", "torch", "torch-geometric", "lightning", "numpy", "scipy", "pandas", "matplotlib",
             "h5py", "ase", "tblite", "snakemake", "snakemake-executor-plugin-slurm")
@@ -39,31 +40,13 @@ def package_versions() -> dict[str, str]:
 
 
 def spearman(x: list[float], y: list[float]) -> float:
-    """Spearman rank correlation (average ranks for ties); nan when undefined."""
-    if len(x) != len(y) or len(x) < 2:
-        return math.nan
-    rx, ry = _ranks(x), _ranks(y)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    vx = sum((a - mx) ** 2 for a in rx)
-    vy = sum((b - my) ** 2 for b in ry)
-    if vx == 0 or vy == 0:
-        return math.nan
-    return cov / math.sqrt(vx * vy)
+    """Spearman rank correlation (``scipy.stats.spearmanr``, average ranks for ties); nan when
+    undefined (fewer than two pairs, or a constant side)."""
+    from scipy.stats import spearmanr
 
-
-def _ranks(values: list[float]) -> list[float]:
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
+    if len(x) != len(y) or len(x) < 2 or len(set(x)) < 2 or len(set(y)) < 2:
+        return math.nan
+    return float(spearmanr(x, y).statistic)
 
 
 def _fmt(v: float | None, nd: int = 3) -> str:
@@ -301,5 +284,5 @@ def build_report(spec: dict) -> str:
 
 def write_report(spec: dict, out: str | Path) -> Path:
     out = Path(out)
-    write_atomic(out, build_report(spec))
+    write_text(out, build_report(spec))
     return out

@@ -177,17 +177,13 @@ def to_markdown(spec: dict, header, rows, stats) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: str | Path, text: str) -> None:
-    write_text(path, text)
-
-
 def write_table(spec: dict, out_csv: str | Path) -> tuple[Path, Path]:
     """Write ``out_csv`` and the Markdown twin (same name, ``.md``)."""
     out_csv = Path(out_csv)
     header, rows, stats = build(spec)
     md = out_csv.with_suffix(".md")
-    write_atomic(out_csv, to_csv(header, rows))
-    write_atomic(md, to_markdown(spec, header, rows, stats))
+    write_text(out_csv, to_csv(header, rows))
+    write_text(md, to_markdown(spec, header, rows, stats))
     return out_csv, md
 
 
@@ -213,5 +209,5 @@ def merge_csi(parts: list[str | Path], out: str | Path) -> int:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header or [])
     w.writerows(rows)
-    write_atomic(out, buf.getvalue())
+    write_text(out, buf.getvalue())
     return len(rows)

@@ -14,6 +14,7 @@ def register(sub) -> None:
     p.add_argument("--config", required=True, help="run file (YAML)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--json", action="store_true", help="print metrics.json on stdout")
+    _on_changed_inputs(p)
     p.set_defaults(func=_pretrain)
 
     f = sub.add_parser("finetune", help="finetune on one downstream task from a YAML run file",
@@ -23,7 +24,15 @@ def register(sub) -> None:
     f.add_argument("--pretrained", required=True, help="our model.pt, a JMP checkpoint (jmp-s.pt / jmp-l.pt), or 'none'")
     f.add_argument("--out", required=True, help="output directory")
     f.add_argument("--json", action="store_true", help="print metrics.json on stdout")
+    _on_changed_inputs(f)
     f.set_defaults(func=_finetune)
+
+
+def _on_changed_inputs(p) -> None:
+    p.add_argument("--on-changed-inputs", choices=("refuse", "restart"), default="refuse",
+                   help="when OUT holds a run started from other inputs (run file, stores, --pretrained): refuse "
+                        "(default, one-line error) or restart (remove OUT's run state and start over; the "
+                        "workflow's rules use this, since Snakemake reruns a job whose inputs changed)")
 
 
 def _summary(m: dict, keys) -> str:
@@ -34,11 +43,11 @@ def _pretrain(args) -> int:
     from atomsift.train.config import load_pretrain_config
 
     cfg = load_pretrain_config(args.config)  # validated before any heavy import
-    from atomsift.cli import print_json
+    from atomsift.fsio import print_json
     from atomsift.train.pretrain import BudgetError, run_pretrain
 
     try:
-        m = run_pretrain(cfg, args.out, config_path=args.config)
+        m = run_pretrain(cfg, args.out, config_path=args.config, on_changed_inputs=args.on_changed_inputs)
     except BudgetError as exc:
         print(f"atomsift pretrain: error: {exc}", file=sys.stderr)
         return 1
@@ -55,10 +64,11 @@ def _finetune(args) -> int:
     from atomsift.train.config import load_finetune_config
 
     cfg = load_finetune_config(args.config)
-    from atomsift.cli import print_json
+    from atomsift.fsio import print_json
     from atomsift.train.finetune import run_finetune
 
-    m = run_finetune(cfg, args.out, args.pretrained, config_path=args.config)
+    m = run_finetune(cfg, args.out, args.pretrained, config_path=args.config,
+                     on_changed_inputs=args.on_changed_inputs)
     if not m:
         return 0
     if args.json:

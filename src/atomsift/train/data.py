@@ -1,11 +1,16 @@
-"""Training data: budgeted sampling from one store or a mixture, validation slices, loaders.
+"""Training data: budgeted sampling from one store or a mixture, the splits of a downstream task,
+and the LightningDataModule that owns the loaders of both verbs.
 
 - :func:`mixture_counts` splits the budget N over the stores (single, balanced, temperature T,
   explicit proportions), exactly summing to N.
 - :func:`sample_indices` draws each store's share uniformly without replacement, seeded.
-- :class:`MixedDataset` addresses the sampled structures of several stores by one position.
-- :class:`EpochBatchSampler` yields per-rank batches so that, over all ranks, each sampled
+- :class:`MixedDataset` addresses the sampled structures of several stores by one position, as
+  PyG ``Data``; :func:`collate_parts` batches them per store (each has its head and graph).
+- :class:`EpochSampler` orders one epoch for one rank so that, over all ranks, each sampled
   structure is seen exactly once per epoch; it can skip the batches of a resumed epoch.
+- :class:`AtomsDataModule` holds the datasets of a run (pretraining: the sampled budget and the
+  validation slices; finetuning: the task's splits) and builds their loaders for the trainer's
+  rank and world size; the training loader's position is what a checkpoint resumes from.
 """
 
 from __future__ import annotations
@@ -13,15 +18,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
+import lightning.pytorch as pl
 import numpy as np
 import torch
+from torch.utils.data import BatchSampler, DataLoader
+from torch_geometric.data import Batch, Data
 
-from atomsift.data.batch import AtomsBatch, collate
+from atomsift.data.batch import to_data
 from atomsift.data.store import Store
 from atomsift.errors import InputError
-
 
 # ------------------------------------------------------------------------------------ mixtures
 
@@ -108,14 +115,16 @@ class Part:
 
 
 class MixedDataset(torch.utils.data.Dataset):
-    """Positions 0..len-1 over the concatenated parts; item = (part id, Record).
+    """Positions 0..len-1 over the concatenated parts; item = PyG ``Data`` of the structure with
+    ``part`` (which store) and ``weight`` (1).
 
     A negative position -(p+1) returns the same structure marked as padding (weight 0): the
     sampler uses it to give every DDP rank a non-empty batch without counting a structure twice.
     """
 
-    def __init__(self, parts: Sequence[Part]):
+    def __init__(self, parts: Sequence[Part], dtype: torch.dtype = torch.float32):
         self.parts = list(parts)
+        self.dtype = dtype
         self.offsets = np.concatenate([[0], np.cumsum([p.indices.size for p in self.parts])]).astype(np.int64)
 
     def __len__(self) -> int:
@@ -125,70 +134,47 @@ class MixedDataset(torch.utils.data.Dataset):
         k = int(np.searchsorted(self.offsets, pos, side="right") - 1)
         return k, int(self.parts[k].indices[pos - self.offsets[k]])
 
-    def __getitem__(self, pos: int):
+    def __getitem__(self, pos: int) -> Data:
         pad = pos < 0
         if pad:
             pos = -pos - 1
         k, g = self.locate(pos)
-        return k, self.parts[k].store.record(g), pad
-
-    def part_of(self, positions: np.ndarray) -> np.ndarray:
-        return np.searchsorted(self.offsets, positions, side="right") - 1
-
-
-@dataclass
-class Batch:
-    """What the training step receives: one AtomsBatch per part present, plus bookkeeping."""
-
-    sub: dict[int, AtomsBatch]  # part id -> batch of that part's structures
-    weight: dict[int, torch.Tensor]  # part id -> (B_k,) 1 for real structures, 0 for padding
-    n_real: torch.Tensor  # (n_parts,) real structures of each part in this batch
-    ids: list[tuple[int, int]]  # (part id, store index) of the real structures
-
-    def to(self, device) -> "Batch":
-        return Batch({k: b.to(device) for k, b in self.sub.items()}, {k: w.to(device) for k, w in self.weight.items()}, self.n_real.to(device), self.ids)
-
-    @property
-    def size(self) -> int:
-        return sum(b.num_graphs for b in self.sub.values())
+        store = self.parts[k].store
+        d = to_data(store.record(g), self.dtype, store.dataset)
+        d.part = k
+        d.weight = torch.tensor([0.0 if pad else 1.0])
+        return d
 
 
-class Collate:
-    """Group a list of dataset items by part and collate each group into an AtomsBatch."""
+TrainBatch = dict[int, Batch]  # part id -> PyG Batch of its structures (``weight`` 0 marks padding)
 
-    def __init__(self, part_datasets: Sequence[str], n_parts: int, dtype: torch.dtype = torch.float32):
-        self.part_datasets = list(part_datasets)
-        self.n_parts = n_parts
-        self.dtype = dtype
 
-    def __call__(self, items) -> Batch:
-        groups: dict[int, list] = {}
-        for k, rec, pad in items:
-            groups.setdefault(k, []).append((rec, pad))
-        sub, weight = {}, {}
-        n_real = torch.zeros(self.n_parts, dtype=torch.long)
-        ids = []
-        for k in sorted(groups):
-            recs = [r for r, _ in groups[k]]
-            sub[k] = collate(recs, dtype=self.dtype, dataset=self.part_datasets[k])
-            w = torch.tensor([0.0 if pad else 1.0 for _, pad in groups[k]])
-            weight[k] = w
-            n_real[k] = int(w.sum())
-            ids.extend((k, r.index) for r, pad in groups[k] if not pad)
-        return Batch(sub, weight, n_real, ids)
+def collate_parts(items: Sequence[Data]) -> TrainBatch:
+    """Group dataset items by part and batch each group with PyG (heads and graphs are per part)."""
+    groups: dict[int, list[Data]] = {}
+    for d in items:
+        groups.setdefault(int(d.part), []).append(d)
+    return {k: Batch.from_data_list(groups[k]) for k in sorted(groups)}
 
 
 # ------------------------------------------------------------------------------------- sampler
 
 
-class EpochBatchSampler(torch.utils.data.Sampler):
-    """Per-rank batches; all ranks together see every position exactly once per epoch.
+def steps_per_epoch(n: int, batch_size: int, world_size: int) -> int:
+    """Steps of one epoch on every rank: ceil(n / (B W)); the last, partial step is kept."""
+    return math.ceil(n / (batch_size * world_size))
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """One rank's positions of one epoch, B per step (torch's ``BatchSampler`` groups them); all
+    ranks together see every position exactly once per epoch.
 
     Epoch e shuffles positions with a generator seeded by (seed, e) (identical on all ranks).
     Step s takes the global chunk perm[s B W : (s+1) B W] (B per-rank batch, W world size) and
-    rank r takes chunk[r::W]. Every rank runs the same number of steps, ceil(n / (B W)); a rank
-    whose share of the last chunk is empty gets one padding item (weight 0, never counted).
-    ``skip(k)`` makes the next epoch iteration start at step k (resume mid-epoch).
+    rank r takes chunk[r::W]: B positions at every step but the last. Every rank runs the same
+    number of steps; a rank whose share of the last chunk is empty gets one padding item
+    (weight 0, never counted). Lightning calls ``set_epoch``; ``skip(k)`` makes the next
+    iteration start at step k (resume mid-epoch).
     """
 
     def __init__(self, n: int, batch_size: int, *, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1):
@@ -207,74 +193,164 @@ class EpochBatchSampler(torch.utils.data.Sampler):
     def skip(self, steps: int) -> None:
         self._skip = int(steps)
 
+    @property
+    def steps(self) -> int:
+        return steps_per_epoch(self.n, self.batch_size, self.world_size)
+
     def __len__(self) -> int:
-        return math.ceil(self.n / (self.batch_size * self.world_size))
+        if self.steps == 0:
+            return 0
+        last = self.n - (self.steps - 1) * self.batch_size * self.world_size  # size of the last global chunk
+        return (self.steps - 1) * self.batch_size + max(len(range(self.rank, last, self.world_size)), 1)
 
     def order(self, epoch: int) -> np.ndarray:
         if not self.shuffle:
             return np.arange(self.n)
         return _seed_for(self.seed, 7, epoch).permutation(self.n)
 
-    def batches(self, epoch: int, rank: int) -> list[list[int]]:
+    def batches(self, epoch: int) -> list[list[int]]:
+        """This rank's batches of epoch ``epoch`` (negative entries: padding)."""
         perm = self.order(epoch)
         g = self.batch_size * self.world_size
         out = []
-        for s in range(len(self)):
+        for s in range(self.steps):
             chunk = perm[s * g:(s + 1) * g]
-            mine = chunk[rank::self.world_size]
-            if mine.size == 0:
-                out.append([-int(chunk[0]) - 1])
-            else:
-                out.append([int(x) for x in mine])
+            mine = chunk[self.rank::self.world_size]
+            out.append([int(x) for x in mine] if mine.size else [-int(chunk[0]) - 1])
         return out
 
     def __iter__(self):
         start, self._skip = self._skip, 0
-        yield from self.batches(self.epoch, self.rank)[start:]
+        for b in self.batches(self.epoch)[start:]:
+            yield from b
 
 
-class ResumableLoader(torch.utils.data.DataLoader):
-    """A DataLoader whose state (epoch, batches done) Lightning saves in checkpoints.
+class ResumableLoader(DataLoader):
+    """The training loader. Lightning saves its state (epoch, batches already trained on in it) in
+    every checkpoint and hands it back on resume, where the sampler skips exactly those batches.
+    ``position`` reads that count from Lightning's own loop progress."""
 
-    ``progress`` is shared with the LightningModule, which counts the batches it has trained on;
-    on load, the sampler skips those batches of the interrupted epoch.
-    """
-
-    def __init__(self, *args, progress: dict, **kwargs):
+    def __init__(self, *args, position: Callable[[], tuple[int, int]], **kwargs):
         super().__init__(*args, **kwargs)
-        self.progress = progress
+        self.position = position
 
     def state_dict(self) -> dict:
-        return {"epoch": int(self.progress.get("epoch", 0)), "batches": int(self.progress.get("batches", 0))}
+        epoch, batches = self.position()
+        return {"epoch": int(epoch), "batches": int(batches)}
 
     def load_state_dict(self, state: dict) -> None:
-        bs = self.batch_sampler
+        sampler = self.batch_sampler.sampler
         epoch, done = int(state.get("epoch", 0)), int(state.get("batches", 0))
-        if isinstance(bs, EpochBatchSampler):
-            if done >= len(bs):  # saved after an epoch's last batch: the next one starts afresh
-                epoch, done = epoch + 1, 0
-            bs.set_epoch(epoch)
-            bs.skip(done)
-        self.progress.update(epoch=epoch, batches=done)
+        if done >= sampler.steps:  # saved after an epoch's last batch: the next one starts afresh
+            epoch, done = epoch + 1, 0
+        sampler.set_epoch(epoch)
+        sampler.skip(done)
 
 
-def make_loader(dataset: MixedDataset, sampler: EpochBatchSampler, collate_fn: Collate, num_workers: int, progress: dict | None = None):
-    kw = dict(batch_sampler=sampler, collate_fn=collate_fn, num_workers=num_workers, persistent_workers=num_workers > 0)
-    if progress is not None:
-        return ResumableLoader(dataset, progress=progress, **kw)
-    return torch.utils.data.DataLoader(dataset, **kw)
+# -------------------------------------------------------------------------------- data module
 
 
-# ----------------------------------------------------------------------------------- pretraining
+class AtomsDataModule(pl.LightningDataModule):
+    """The datasets of one run (``train``, ``val``, optionally ``test``) and their loaders for the
+    trainer's rank: training in a per-epoch shuffled order (resumable), the others in store order.
+
+    Built by :meth:`pretraining` (the budget sampled from the upstream stores) or
+    :meth:`finetuning` (a task's splits). ``world_size`` is the run's (devices x nodes): the steps
+    per epoch, and so the LR schedule, are known before the trainer starts.
+    """
+
+    def __init__(self, splits: dict[str, MixedDataset], *, batch_size: int, val_batch_size: int | None, seed: int,
+                 num_workers: int, world_size: int):
+        super().__init__()
+        self.splits = splits
+        self.batch_size = int(batch_size)
+        self.val_batch_size = int(val_batch_size or batch_size)
+        self.seed = int(seed)
+        self.num_workers = int(num_workers)
+        self.world_size = int(world_size)
+        self.counts: dict[str, int] = {}  # pretraining: planned structures per upstream store
+        self.stores: dict[str, Store] = {}
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return steps_per_epoch(len(self.splits["train"]), self.batch_size, self.world_size)
+
+    @property
+    def full_steps_per_epoch(self) -> int:
+        """Full batches of one epoch over all ranks, floor(n / (B W)) (pretraining's schedule)."""
+        return len(self.splits["train"]) // (self.batch_size * self.world_size)
+
+    def first_batches(self, k: int) -> list[Batch]:
+        """The first ``k`` training batches of epoch 0 in one process, one PyG Batch per part
+        (scale factors are fitted on them before training)."""
+        ds = self.splits["train"]
+        sampler = EpochSampler(len(ds), self.batch_size, seed=self.seed)
+        return [b for idx in sampler.batches(0)[:k] for b in collate_parts([ds[i] for i in idx]).values()]
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.val_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.val_batch_size, shuffle=False)
+
+    def _position(self) -> tuple[int, int]:
+        t = self.trainer
+        return t.current_epoch, t.fit_loop.epoch_loop.batch_progress.current.processed
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        t = self.trainer
+        if t.world_size != self.world_size:  # e.g. a SLURM allocation with more tasks than devices x num_nodes
+            raise InputError(f"the job runs {t.world_size} processes but the run file asks for {self.world_size} "
+                             "(devices x num_nodes); make them match", field="devices")
+        ds = self.splits[split]
+        sampler = EpochSampler(len(ds), batch_size, seed=self.seed, shuffle=shuffle, rank=t.global_rank, world_size=t.world_size)
+        kw = dict(batch_sampler=BatchSampler(sampler, batch_size, drop_last=False), collate_fn=collate_parts,
+                  num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        if split == "train":
+            return ResumableLoader(ds, position=self._position, **kw)
+        return DataLoader(ds, **kw)
+
+    # ------------------------------------------------------------------------ constructors
+
+    @classmethod
+    def pretraining(cls, cfg, world_size: int, config_path: str | Path | None = None) -> "AtomsDataModule":
+        """Sample the budget N from the upstream stores and slice their validation splits."""
+        u = cfg.upstream
+        stores = open_upstream(u.stores, config_path)
+        names = list(stores)
+        pools = {nm: split_or_all(st, u.train_split) for nm, st in stores.items()}
+        sizes = u.sizes if u.sizes is not None else {nm: float(pools[nm].size) for nm in names}
+        counts = mixture_counts(names, cfg.n_structures, u.mixture, proportions=u.proportions, temperature=u.temperature, sizes=sizes)
+        parts, vparts = [], []
+        for i, nm in enumerate(names):
+            st = stores[nm]
+            if counts[nm] > pools[nm].size:
+                raise InputError(f"budget asks for {counts[nm]} structures but the '{u.train_split}' split holds "
+                                 f"{pools[nm].size}", path=st.path, field="n_structures")
+            parts.append(Part(nm, st, sample_indices(pools[nm], counts[nm], cfg.seed, stream=i)))
+            if u.val_split not in st.split_names():
+                raise InputError(f"store has no '{u.val_split}' split for validation (has: "
+                                 f"{', '.join(st.split_names()) or 'none'})", path=st.path, field="splits")
+            vparts.append(Part(nm, st, np.asarray(st.split(u.val_split)[: cfg.val_size], dtype=np.int64)))
+        dm = cls({"train": MixedDataset(parts), "val": MixedDataset(vparts)}, batch_size=cfg.batch_size,
+                 val_batch_size=cfg.val_batch_size, seed=cfg.seed, num_workers=cfg.num_workers, world_size=world_size)
+        dm.counts, dm.stores = counts, stores
+        return dm
+
+    @classmethod
+    def finetuning(cls, cfg, store: Store, world_size: int, config_path: str | Path | None = None) -> "AtomsDataModule":
+        """The task's train/val/test splits of ``store`` (MatBench folds, seeded caps)."""
+        splits = {k: MixedDataset([Part(cfg.task, store, v)]) for k, v in task_splits(store, cfg, config_path).items()}
+        dm = cls(splits, batch_size=cfg.batch_size, val_batch_size=cfg.val_batch_size, seed=cfg.seed,
+                 num_workers=cfg.num_workers, world_size=world_size)
+        dm.stores = {cfg.task: store}
+        return dm
 
 
-@dataclass
-class PretrainData:
-    names: list[str]
-    stores: dict[str, Store]
-    counts: dict[str, int]
-    train: MixedDataset
-    val: MixedDataset
+# ----------------------------------------------------------------------------------- inputs
 
 
 def open_upstream(stores: dict[str, str], config_path: str | Path | None = None) -> dict[str, Store]:
@@ -290,25 +366,25 @@ def open_upstream(stores: dict[str, str], config_path: str | Path | None = None)
     return out
 
 
-def build_pretrain_data(cfg, config_path: str | Path | None = None) -> PretrainData:
-    """Sample the budget from the upstream stores and slice their validation splits."""
-    u = cfg.upstream
-    stores = open_upstream(u.stores, config_path)
-    names = list(stores)
-    pools = {nm: split_or_all(st, u.train_split) for nm, st in stores.items()}
-    sizes = u.sizes if u.sizes is not None else {nm: float(pools[nm].size) for nm in names}
-    counts = mixture_counts(names, cfg.n_structures, u.mixture, proportions=u.proportions, temperature=u.temperature, sizes=sizes)
-    parts, vparts = [], []
-    for i, nm in enumerate(names):
-        if counts[nm] > pools[nm].size:
-            raise InputError(
-                f"budget asks for {counts[nm]} structures but the '{u.train_split}' split holds {pools[nm].size}",
-                path=stores[nm].path, field="n_structures")
-        parts.append(Part(nm, stores[nm], sample_indices(pools[nm], counts[nm], cfg.seed, stream=i)))
-        st = stores[nm]
-        if u.val_split in st.split_names():
-            vidx = st.split(u.val_split)[: cfg.val_size]
-        else:
-            raise InputError(f"store has no '{u.val_split}' split for validation (has: {', '.join(st.split_names()) or 'none'})", path=st.path, field="splits")
-        vparts.append(Part(nm, st, np.asarray(vidx, dtype=np.int64)))
-    return PretrainData(names, stores, counts, MixedDataset(parts), MixedDataset(vparts))
+def task_splits(store: Store, cfg, config_path) -> dict[str, np.ndarray]:
+    """train / val / test store indices of a finetuning run: the run file's split names (MatBench:
+    ``fold{k}_*`` when the store has them), each capped to a seeded subset of ``max_*``."""
+    names = dict(cfg.splits)
+    if cfg.fold is not None:
+        fold_names = {k: f"fold{cfg.fold}_{k}" for k in names}
+        if all(v in store.split_names() for v in fold_names.values()):
+            names = fold_names
+    out = {}
+    caps = {"train": cfg.max_train, "val": cfg.max_val, "test": cfg.max_test}
+    for i, (k, split) in enumerate(names.items()):
+        if split not in store.split_names():
+            raise InputError(f"store has no split '{split}' (has: {', '.join(store.split_names()) or 'none'})",
+                             path=config_path or store.path, field=f"splits.{k}")
+        idx = store.split(split)
+        if caps[k] is not None and caps[k] < idx.size:
+            rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 31, i]))
+            idx = np.sort(rng.permutation(idx)[: caps[k]])
+        if idx.size == 0:
+            raise InputError(f"split '{split}' is empty", path=store.path, field=f"splits.{k}")
+        out[k] = idx
+    return out

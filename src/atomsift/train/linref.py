@@ -8,14 +8,15 @@ own standard deviation (mean 0 for both, as JMP's tables).
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from atomsift.data.store import Store
+from atomsift.errors import InputError
 from atomsift.fsio import write_json
+from atomsift.train.tasks import QM9_ATOM_REFS_JMP
 
 N_ELEMENTS = 120
 
@@ -63,10 +64,6 @@ class DatasetNorm:
     energy_std: float = 1.0  # eV
     force_std: float = 1.0  # eV/Angstrom
 
-    def reference(self, numbers: np.ndarray) -> float:
-        c = np.asarray(self.coeff)
-        return float(c[np.asarray(numbers, dtype=np.int64)].sum())
-
 
 def fit_dataset_norm(store: Store, indices: np.ndarray, *, fit_linref: bool = True) -> DatasetNorm:
     """Linear reference (optional), std of referenced energies and force std on ``indices``."""
@@ -90,11 +87,24 @@ def fit_dataset_norm(store: Store, indices: np.ndarray, *, fit_linref: bool = Tr
     return DatasetNorm(coeff=[float(x) for x in coeff], energy_mean=0.0, energy_std=std if std > 1e-12 else 1.0, force_std=fstd if fstd > 1e-12 else 1.0)
 
 
+def scalar_norm(store: Store, indices: np.ndarray, target: str, atom_refs: str, config_path=None) -> DatasetNorm:
+    """Reference and scale of a scalar target on ``indices``: subtract sum_i ref[Z_i] (``jmp``: JMP's
+    QM9 atom energies; ``fit``: least squares on the element counts; ``none``), then standardise
+    (mean and std of the referenced values, as JMP's QM9 recipe)."""
+    y = np.asarray(store.array("targets"))[indices, store.target_names.index(target)]
+    coeff = np.zeros(N_ELEMENTS)
+    if atom_refs == "jmp":
+        if target not in QM9_ATOM_REFS_JMP:
+            raise InputError(f"JMP atom references exist for {', '.join(QM9_ATOM_REFS_JMP)} only", path=config_path, field="atom_refs")
+        for z, v in QM9_ATOM_REFS_JMP[target].items():
+            coeff[z] = v
+    elif atom_refs == "fit":
+        coeff = fit_linear_reference(element_counts(store, indices), y)
+    yr = y - element_counts(store, indices) @ coeff
+    std = float(yr.std()) if yr.size > 1 and yr.std() > 1e-12 else 1.0
+    return DatasetNorm(coeff=[float(c) for c in coeff], energy_mean=float(yr.mean()), energy_std=std, force_std=1.0)
+
+
 def save_norms(path: str | Path, norms: dict[str, DatasetNorm]) -> None:
     """Write ``{name: {coeff, energy_mean, energy_std, force_std}}`` as JSON (atomically)."""
     write_json(path, {k: asdict(v) for k, v in norms.items()}, indent=None)
-
-
-def load_norms(path: str | Path) -> dict[str, DatasetNorm]:
-    with open(path) as fh:
-        return {k: DatasetNorm(**v) for k, v in json.load(fh).items()}

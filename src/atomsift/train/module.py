@@ -1,26 +1,27 @@
-"""LightningModules of the two stages: what one step is, the loss, EMA, LR schedule, budget.
+"""LightningModules of the two stages: what one step is, the loss, the LR schedule, the budget.
 
-The trainer owns devices, precision, checkpoints and logging; the modules here own the model, an
-EMA copy of it (``ema_model``, what validation, testing and ``model.pt`` use), the per-dataset
-label normalisation, the count of structures actually trained on, and the LR schedule (a pure
-function of the optimizer step plus, when finetuning, the reduce-on-plateau state), so that a run
-resumed from ``last.ckpt`` continues exactly as an uninterrupted one.
+The trainer owns devices, precision, checkpoints, logging and the EMA of the weights (Lightning's
+weight averaging, see :mod:`atomsift.train.runtime`: validation and testing see the averaged
+weights); the modules here own the model, the per-dataset label normalisation, the count of
+structures actually trained on (a torchmetrics sum over ranks), the validation metrics
+(torchmetrics means, reduced over ranks) and the LR schedule (a pure function of the optimizer
+step plus, when finetuning, the reduce-on-plateau state), so that a run resumed from
+``last.ckpt`` continues exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-import re
-import time
 from typing import Callable, Sequence
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch import Tensor
+import torchmetrics
+from torch import Tensor, nn
+from torch_geometric.utils import scatter
 
-from atomsift.train.data import Batch
+from atomsift.train.data import TrainBatch
 from atomsift.train.linref import DatasetNorm
 
 # ------------------------------------------------------------------------------------ schedules
@@ -90,11 +91,6 @@ class Plateau:
 # ----------------------------------------------------------------------------------------- losses
 
 
-def segment_sum(values: Tensor, index: Tensor, n: int) -> Tensor:
-    out = torch.zeros((n,) + values.shape[1:], dtype=values.dtype, device=values.device)
-    return out.index_add_(0, index, values)
-
-
 def per_atom_l2(pred: Tensor, target: Tensor) -> Tensor:
     """||pred - target||_2 per atom, with a zero (not NaN) gradient where they coincide."""
     sq = ((pred - target) ** 2).sum(-1)
@@ -104,17 +100,54 @@ def per_atom_l2(pred: Tensor, target: Tensor) -> Tensor:
 
 def reference_energy(coeff: Tensor, numbers: Tensor, batch: Tensor, n: int) -> Tensor:
     """sum_i coeff[Z_i] per structure (the linear reference, eV)."""
-    return segment_sum(coeff[numbers], batch, n)
+    return scatter(coeff[numbers], batch, 0, n, reduce="sum")
+
+
+# -------------------------------------------------------------------------------------- metrics
+
+
+class Seen(torchmetrics.Metric):
+    """Structures trained on per part (padding excluded), summed over ranks by :meth:`total`.
+
+    Each rank counts its own batches; a checkpoint stores the total, and a resumed run gives it
+    to rank 0 (the others restart from 0), so the sum over ranks continues where it stopped."""
+
+    full_state_update = False
+
+    def __init__(self, n_parts: int):
+        super().__init__()
+        self.add_state("count", default=torch.zeros(n_parts, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, batch: TrainBatch) -> None:
+        for k, b in batch.items():
+            self.count[k] += (b.weight > 0).sum()
+
+    def compute(self) -> Tensor:
+        return self.count
+
+    def total(self) -> Tensor:
+        """The count summed over ranks (a collective: every rank calls it)."""
+        with self.sync_context():
+            return self.count.clone()
+
+    def resume(self, total, rank: int) -> None:
+        self.count.copy_(torch.as_tensor(total, dtype=torch.long) if rank == 0 else torch.zeros_like(self.count))
+
+
+def means(names: Sequence[str]) -> nn.ModuleDict:
+    """Weighted means (float64, reduced over ranks when computed), one per validation quantity."""
+    return nn.ModuleDict({k: torchmetrics.MeanMetric(nan_strategy="disable").set_dtype(torch.float64) for k in names})
+
+
+def computed(metrics: nn.ModuleDict) -> dict[str, float]:
+    """Every metric's value (a collective under DDP), then reset for the next evaluation."""
+    out = {k: float(m.compute()) for k, m in metrics.items()}
+    for m in metrics.values():
+        m.reset()
+    return out
 
 
 # -------------------------------------------------------------------------------------- base
-
-
-def _reduce_sum(module: pl.LightningModule, t: Tensor) -> Tensor:
-    trainer = module._trainer
-    if trainer is not None and trainer.world_size > 1:
-        return trainer.strategy.reduce(t, reduce_op="sum")
-    return t
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -123,19 +156,14 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 
 
 class AtomsModule(pl.LightningModule):
-    """What both stages share: model + EMA, AdamW with per-group LR scales, budget counting."""
+    """What both stages share: the model, AdamW with per-group LR scales, budget counting,
+    validation metrics and curve."""
 
-    def __init__(self, model: torch.nn.Module, *, seed: int, n_parts: int, ema_decay: float, lr: float,
+    def __init__(self, model: torch.nn.Module, *, seed: int, n_parts: int, metrics: Sequence[str], lr: float,
                  weight_decay: float, betas, warmup: int, total_steps: int, start_factor: float,
-                 min_lr_factor: float, progress: dict, record_seen: bool = False):
+                 min_lr_factor: float, record_seen: bool = False):
         super().__init__()
         self.model = model
-        self.ema_decay = float(ema_decay)
-        self.ema_model = None
-        if self.ema_decay > 0:
-            self.ema_model = copy.deepcopy(model)
-            for p in self.ema_model.parameters():
-                p.requires_grad_(False)
         self.seed = int(seed)
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
@@ -144,24 +172,13 @@ class AtomsModule(pl.LightningModule):
         self.total_steps = int(total_steps)
         self.start_factor = float(start_factor)
         self.min_lr_factor = float(min_lr_factor)
-        self.progress = progress
-        self.register_buffer("seen", torch.zeros(n_parts, dtype=torch.long))
+        self.seen = Seen(n_parts)
+        self.seen_total: list[int] | None = None  # over all ranks: from the checkpoint, then when training ends
+        self.metrics = means(metrics)
         self.val_curve: list[dict] = []
         self.record_seen = record_seen
         self.seen_ids: dict[int, list] = {}
-        self._val_acc: dict[str, Tensor] = {}
         self.lambdas: list[WarmupCosine] = []
-        self._t0 = time.time()
-        self.prior_elapsed = 0.0  # training wall time of earlier (killed) segments of this run
-
-    def elapsed(self) -> float:
-        """Wall time of this run since its first start, summed over resumed segments."""
-        return self.prior_elapsed + time.time() - self._t0
-
-    # -- what evaluation uses
-    @property
-    def eval_model(self) -> torch.nn.Module:
-        return self.ema_model if self.ema_model is not None else self.model
 
     # -- optimiser
     def param_groups(self) -> list[dict]:
@@ -184,30 +201,7 @@ class AtomsModule(pl.LightningModule):
     def lr_scheduler_step(self, scheduler, metric) -> None:
         scheduler.step()
 
-    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
-        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        self._ema_update()
-
-    @torch.no_grad()
-    def _ema_update(self) -> None:
-        if self.ema_model is None:
-            return
-        d = self.ema_decay
-        for pe, p in zip(self.ema_model.parameters(), self.model.parameters()):
-            pe.mul_(d).add_(p.detach().to(pe.dtype), alpha=1.0 - d)
-        for be, b in zip(self.ema_model.buffers(), self.model.buffers()):
-            be.copy_(b)
-
     # -- bookkeeping
-    def on_train_epoch_start(self) -> None:
-        # Lightning sets the epoch only on ``loader.sampler``; ours is the batch sampler
-        loader = self.trainer.train_dataloader
-        bs = getattr(loader, "batch_sampler", None)
-        if hasattr(bs, "set_epoch"):
-            bs.set_epoch(self.current_epoch)
-        if self.progress.get("epoch") != self.current_epoch:
-            self.progress.update(epoch=self.current_epoch, batches=0)
-
     def _should_log(self) -> bool:
         # self.log costs ~1 ms; skip it on steps the logger would not write anyway
         t = self._trainer
@@ -216,40 +210,31 @@ class AtomsModule(pl.LightningModule):
     def _before_step(self) -> None:
         torch.manual_seed(step_seed(self.seed, self.global_step, self.global_rank))
 
-    def _count(self, batch: Batch) -> None:
-        n = _reduce_sum(self, batch.n_real.to(self.seen.device))
-        self.seen += n.to(self.seen.dtype)
-        self.progress["batches"] = self.progress.get("batches", 0) + 1
+    def _count(self, batch: TrainBatch) -> None:
+        self.seen.update(batch)
         if self.record_seen:
-            self.seen_ids.setdefault(self.current_epoch, []).extend([list(map(int, x)) for x in batch.ids])
+            ids = self.seen_ids.setdefault(self.current_epoch, [])
+            for k, b in batch.items():
+                ids.extend([k, int(i)] for i, w in zip(b.idx.tolist(), b.weight.tolist()) if w > 0)
 
-    def transfer_batch_to_device(self, batch, device, dataloader_idx):
-        return batch.to(device) if isinstance(batch, Batch) else super().transfer_batch_to_device(batch, device, dataloader_idx)
-
-    # -- validation accumulation (sums, reduced over ranks at epoch end)
-    def _accumulate(self, sums: dict[str, Tensor]) -> None:
-        for k, v in sums.items():
-            v = v.detach().to(torch.float64)
-            self._val_acc[k] = self._val_acc[k] + v if k in self._val_acc else v
-
-    def _reduced_val(self) -> dict[str, float]:
-        out = {}
-        for k in sorted(self._val_acc):
-            out[k] = float(_reduce_sum(self, self._val_acc[k].to(self.device)))
-        self._val_acc = {}
-        return out
+    def on_train_end(self) -> None:  # not called when a resumed run has no step left: seen_total is the checkpoint's
+        self.seen_total = self.seen.total().tolist()
 
     # -- checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["atomsift"] = {"val_curve": self.val_curve, "seen_ids": self.seen_ids if self.record_seen else {},
-                                  "elapsed": self.elapsed()}
+        checkpoint["atomsift"] = {"val_curve": self.val_curve, "seen": self.seen.total().tolist(),
+                                  "seen_ids": self.seen_ids if self.record_seen else {}}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         extra = checkpoint.get("atomsift", {})
         self.val_curve = list(extra.get("val_curve", []))
         self.seen_ids = {int(k): v for k, v in extra.get("seen_ids", {}).items()}
-        self.prior_elapsed = float(extra.get("elapsed", 0.0))
-        self._t0 = time.time()
+        self.seen_total = list(extra.get("seen", [0] * len(self.seen.count)))
+        self.seen.resume(self.seen_total, self.global_rank)
+
+
+def _size(batch: TrainBatch) -> int:
+    return sum(b.num_graphs for b in batch.values())
 
 
 # -------------------------------------------------------------------------------------- pretrain
@@ -260,7 +245,8 @@ class PretrainModule(AtomsModule):
 
     def __init__(self, model, *, names: Sequence[str], graphs: Sequence, norms: Sequence[DatasetNorm],
                  energy_loss_scale: float, force_loss_scale: float, edge_dropout: float, **kw):
-        super().__init__(model, n_parts=len(names), **kw)
+        metrics = ["loss"] + [f"{nm}/{q}" for nm in names for q in ("energy_mae", "force_mae")]
+        super().__init__(model, n_parts=len(names), metrics=metrics, **kw)
         self.names = list(names)
         self.graphs = list(graphs)
         self.energy_loss_scale = float(energy_loss_scale)
@@ -270,120 +256,78 @@ class PretrainModule(AtomsModule):
         self.register_buffer("e_mean", torch.tensor([n.energy_mean for n in norms], dtype=torch.float64), persistent=False)
         self.register_buffer("e_std", torch.tensor([n.energy_std for n in norms], dtype=torch.float64), persistent=False)
         self.register_buffer("f_std", torch.tensor([n.force_std for n in norms], dtype=torch.float64), persistent=False)
-        self.train_loader_fn: Callable | None = None
-        self.val_loader_fn: Callable | None = None
 
-    def train_dataloader(self):
-        return self.train_loader_fn(self.global_rank, self.trainer.world_size)
-
-    def val_dataloader(self):
-        return self.val_loader_fn(self.global_rank, self.trainer.world_size)
-
-    def losses(self, model, batch: Batch, edge_dropout: float) -> dict[str, Tensor]:
-        """Sums over the batch's real structures: loss terms, counts and MAEs (eV, eV/A) per part."""
-        dev = self.seen.device
-        e_sum = torch.zeros((), device=dev)
-        f_sum = torch.zeros((), device=dev)
-        w_total = torch.zeros((), device=dev)
-        stats: dict[str, Tensor] = {}
-        for k, b in batch.sub.items():
-            w = batch.weight[k].to(dev)
-            out = model(b, head=self.names[k], graph=self.graphs[k], edge_dropout=edge_dropout)
-            B = b.num_graphs
-            ref = reference_energy(self.coeff[k], b.numbers, b.batch, B)
+    def losses(self, batch: TrainBatch, edge_dropout: float, track: bool = False) -> dict[str, Tensor]:
+        """Loss of the batch's real structures (mean over structures of every part); ``track``
+        adds them and each part's energy / force MAE (eV, eV/A) to the validation metrics."""
+        e_sum = f_sum = w_total = 0.0
+        for k, b in batch.items():
+            w = b.weight
+            out = self.model(b, head=self.names[k], graph=self.graphs[k], edge_dropout=edge_dropout)
+            ref = reference_energy(self.coeff[k], b.numbers, b.batch, b.num_graphs)
             e_t = ((b.energy.double() - ref - self.e_mean[k]) / self.e_std[k]).to(out["energy"].dtype)
             e_err = (out["energy"] - e_t).abs()
             f_t = (b.forces.double() / self.f_std[k]).to(out["forces"].dtype)
-            f_atom = per_atom_l2(out["forces"], f_t)
-            f_struct = segment_sum(f_atom, b.batch, B) / b.natoms.to(f_atom.dtype)
+            f_struct = scatter(per_atom_l2(out["forces"], f_t), b.batch, 0, b.num_graphs, reduce="mean")
             e_sum = e_sum + (w * e_err.float()).sum()
             f_sum = f_sum + (w * f_struct.float()).sum()
             w_total = w_total + w.sum()
-            nm = self.names[k]
-            w_atom = w[b.batch]
-            free = (~b.fixed).float() * w_atom
-            stats[f"{nm}/n"] = w.sum()
-            stats[f"{nm}/energy_abs"] = (w * e_err.detach().double() * self.e_std[k]).sum()
-            stats[f"{nm}/force_abs"] = (free[:, None] * (out["forces"].detach().double() - f_t.detach().double()).abs() * self.f_std[k]).sum()
-            stats[f"{nm}/force_n"] = 3 * free.sum()
+            if track:
+                nm = self.names[k]
+                free = ((~b.fixed).float() * w[b.batch])[:, None]
+                self.metrics[f"{nm}/energy_mae"].update(e_err.detach().double() * self.e_std[k], w)
+                self.metrics[f"{nm}/force_mae"].update((out["forces"].detach().double() - f_t.double()).abs() * self.f_std[k], free)
         denom = torch.clamp(w_total, min=1.0)
         loss_e = self.energy_loss_scale * e_sum / denom
         loss_f = self.force_loss_scale * f_sum / denom
-        stats.update(loss=loss_e + loss_f, loss_energy=loss_e.detach(), loss_force=loss_f.detach(), n=w_total.detach(),
-                     loss_sum=(loss_e + loss_f).detach() * w_total.detach())
-        return stats
+        if track:
+            self.metrics["loss"].update((loss_e + loss_f).detach(), w_total)
+        return {"loss": loss_e + loss_f, "loss_energy": loss_e.detach(), "loss_force": loss_f.detach()}
 
-    def training_step(self, batch: Batch, batch_idx: int):
+    def training_step(self, batch: TrainBatch, batch_idx: int):
         self._before_step()
-        s = self.losses(self.model, batch, self.edge_dropout)
+        s = self.losses(batch, self.edge_dropout)
         self._count(batch)
         if self._should_log():
             self.log_dict({"train/loss": s["loss"].detach(), "train/loss_energy": s["loss_energy"],
                            "train/loss_force": s["loss_force"]}, on_step=True, on_epoch=False, prog_bar=True,
-                          batch_size=int(batch.size))
+                          batch_size=_size(batch))
         return s["loss"]
 
-    def validation_step(self, batch: Batch, batch_idx: int):
+    def validation_step(self, batch: TrainBatch, batch_idx: int):
         with torch.no_grad():
-            s = self.losses(self.eval_model, batch, 0.0)
-        s.pop("loss")
-        for k in ("loss_energy", "loss_force"):
-            s.pop(k)
-        self._accumulate(s)
+            self.losses(batch, 0.0, track=True)
 
     def on_validation_epoch_end(self) -> None:
-        v = self._reduced_val()
-        if not v:
-            return
-        n = max(v["n"], 1.0)
-        row = {"epoch": int(self.current_epoch), "step": int(self.global_step), "loss": v["loss_sum"] / n}
-        for nm in self.names:
-            if v.get(f"{nm}/n", 0) > 0:
-                row[f"{nm}/energy_mae"] = v[f"{nm}/energy_abs"] / v[f"{nm}/n"]
-                row[f"{nm}/force_mae"] = v[f"{nm}/force_abs"] / max(v[f"{nm}/force_n"], 1.0)
+        v = computed(self.metrics)
+        row = {"epoch": int(self.current_epoch), "step": int(self.global_step), "loss": v["loss"]}
+        row.update({k: x for k, x in v.items() if "/" in k and not math.isnan(x)})  # NaN: no such structure here
         self.val_curve.append(row)
-        self.log("val/loss", row["loss"], prog_bar=True, sync_dist=False)
-        for k, val in row.items():
+        self.log("val/loss", row["loss"], prog_bar=True, sync_dist=True)
+        for k, x in row.items():
             if "/" in k:
-                self.log(f"val/{k}", val, sync_dist=False)
+                self.log(f"val/{k}", x, sync_dist=True)
 
 
 # ------------------------------------------------------------------------------------- finetune
 
 
-_INT_BLOCK = re.compile(r"(?:^|\.)int_blocks\.(\d+)\.")
-_OUT_BLOCK = re.compile(r"(?:^|\.)out_blocks\.(\d+)\.")
-
-
 def layerwise_groups(model: torch.nn.Module, embedding_scale: float, block_scales: Sequence[float] | None,
                      default_scales: Callable[[int], list[float]]) -> list[dict]:
-    """Parameter groups with JMP's layer-wise LR scales (PAPER.md §4.1).
-
-    embedding: ``embedding_scale``; block i = int_blocks.i + out_blocks.(i+1) (+ out_blocks.0 for
-    i = 0): ``block_scales[i]``; everything else (bases, output MLPs, heads): 1.0.
+    """Parameter groups with JMP's layer-wise LR scales (PAPER.md §4.1), by the model's
+    ``block_index``: the embedding (-1) x ``embedding_scale``; block i (int_blocks.i + out_blocks.(i+1),
+    plus out_blocks.0 for i = 0) x ``block_scales[i]``; everything else (bases, output MLPs, heads) x 1.
     """
-    emb_ids = set()
-    if hasattr(model, "parameter_groups"):
-        emb_ids = {id(p) for p in model.parameter_groups().get("embedding", [])}
-    head_ids = set()
-    if hasattr(model, "parameter_groups"):
-        head_ids = {id(p) for p in model.parameter_groups().get("heads", [])}
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    n_blocks = len({int(m.group(1)) for n, _ in named if (m := _INT_BLOCK.search(n))})
+    index = {n: model.block_index(n) for n, _ in named}
+    n_blocks = len({i for i in index.values() if i is not None and i >= 0})
     scales = list(block_scales) if block_scales is not None else default_scales(n_blocks)
     if n_blocks and len(scales) != n_blocks:
         raise ValueError(f"block_lr_scales has {len(scales)} entries, the backbone has {n_blocks} blocks")
     buckets: dict[float, list] = {}
     for n, p in named:
-        scale = 1.0
-        if id(p) in head_ids:
-            scale = 1.0
-        elif id(p) in emb_ids:
-            scale = embedding_scale
-        elif (m := _INT_BLOCK.search(n)):
-            scale = scales[int(m.group(1))]
-        elif (m := _OUT_BLOCK.search(n)):
-            scale = scales[max(int(m.group(1)) - 1, 0)] if n_blocks else 1.0
+        i = index[n]
+        scale = 1.0 if i is None else embedding_scale if i < 0 else scales[i]
         buckets.setdefault(scale, []).append(p)
     return [{"params": ps, "scale": s} for s, ps in sorted(buckets.items(), key=lambda kv: -kv[0])]
 
@@ -391,11 +335,11 @@ def layerwise_groups(model: torch.nn.Module, embedding_scale: float, block_scale
 class FinetuneModule(AtomsModule):
     """One downstream task: forces (gradient or direct) or one scalar target (PAPER.md §4)."""
 
-    def __init__(self, model, *, head: str, kind: str, graph, norm: DatasetNorm, scalar_std: float, scalar_mean: float,
-                 target: str | None, energy_loss_scale: float, force_loss_scale: float, gradient_forces: bool,
-                 edge_dropout: float, embedding_lr_scale: float, block_lr_scales, default_scales, plateau: Plateau,
-                 cosine_steps: int, train_loader_fn=None, val_loader_fn=None, test_loader_fn=None, **kw):
-        super().__init__(model, n_parts=1, **kw)
+    def __init__(self, model, *, head: str, kind: str, graph, norm: DatasetNorm, target: str | None,
+                 energy_loss_scale: float, force_loss_scale: float, gradient_forces: bool, edge_dropout: float,
+                 embedding_lr_scale: float, block_lr_scales, default_scales, plateau: Plateau, cosine_steps: int, **kw):
+        metrics = ["loss", "mae"] + (["energy_mae"] if kind == "forces" else [])
+        super().__init__(model, n_parts=1, metrics=metrics, **kw)
         self.head = head
         self.kind = kind
         self.graph = graph
@@ -412,96 +356,77 @@ class FinetuneModule(AtomsModule):
         self.register_buffer("coeff", torch.tensor(np.asarray(norm.coeff), dtype=torch.float64), persistent=False)
         # forces tasks: energy in units of e_scale, forces in units of f_scale; gradient forces
         # differentiate the scaled energy, so both use the force std there
-        self.e_mean = float(norm.energy_mean if kind == "forces" else scalar_mean)
+        self.e_mean = float(norm.energy_mean)
         if kind == "forces":
             self.f_scale = float(norm.force_std)
             self.e_scale = float(norm.force_std if gradient_forces else norm.energy_std)
         else:
             self.f_scale = 1.0
-            self.e_scale = float(scalar_std)
-        self.train_loader_fn = train_loader_fn
-        self.val_loader_fn = val_loader_fn
-        self.test_loader_fn = test_loader_fn
-        self.test_model: torch.nn.Module | None = None
+            self.e_scale = float(norm.energy_std)
         self.test_result: dict[str, float] = {}
 
     def param_groups(self) -> list[dict]:
         return layerwise_groups(self.model, self.embedding_lr_scale, self.block_lr_scales, self.default_scales)
 
-    def train_dataloader(self):
-        return self.train_loader_fn(self.global_rank, self.trainer.world_size)
-
-    def val_dataloader(self):
-        return self.val_loader_fn(self.global_rank, self.trainer.world_size)
-
-    def test_dataloader(self):
-        return self.test_loader_fn(self.global_rank, self.trainer.world_size)
-
-    def losses(self, model, batch: Batch, edge_dropout: float, train: bool) -> dict[str, Tensor]:
-        dev = self.seen.device
-        ((k, b),) = batch.sub.items()
-        w = batch.weight[k].to(dev)
-        B = b.num_graphs
-        if self.kind == "forces" and self.gradient_forces and not train:
+    def losses(self, batch: TrainBatch, edge_dropout: float, track: bool = False) -> Tensor:
+        """Loss of the batch's real structures; ``track`` adds it and the MAE in the store's unit
+        (forces: per component; scalar: per structure) to the validation / test metrics."""
+        ((_, b),) = batch.items()
+        w = b.weight
+        if self.kind == "forces" and self.gradient_forces and not self.training:
             with torch.enable_grad():
-                out = model(b, head=self.head, graph=self.graph, edge_dropout=edge_dropout)
-            out = {kk: v.detach() for kk, v in out.items()}
+                out = {k: v.detach() for k, v in self.model(b, head=self.head, graph=self.graph).items()}
         else:
-            out = model(b, head=self.head, graph=self.graph, edge_dropout=edge_dropout)
-        ref = reference_energy(self.coeff, b.numbers, b.batch, B)
-        stats: dict[str, Tensor] = {}
-        n = w.sum()
+            out = self.model(b, head=self.head, graph=self.graph, edge_dropout=edge_dropout)
+        ref = reference_energy(self.coeff, b.numbers, b.batch, b.num_graphs)
+        n = torch.clamp(w.sum(), min=1.0)
         if self.kind == "forces":
             f_t = (b.forces.double() / self.f_scale).to(out["forces"].dtype)
             w_atom = w[b.batch]
-            f_atom = per_atom_l2(out["forces"], f_t)
-            loss_f = (w_atom * f_atom).sum() / torch.clamp(w_atom.sum(), min=1.0)
+            loss_f = (w_atom * per_atom_l2(out["forces"], f_t)).sum() / torch.clamp(w_atom.sum(), min=1.0)
             e_t = ((b.energy.double() - ref - self.e_mean) / self.e_scale).to(out["energy"].dtype)
             e_err = (out["energy"] - e_t).abs()
-            loss_e = (w * e_err).sum() / torch.clamp(n, min=1.0)
-            loss = self.force_loss_scale * loss_f + self.energy_loss_scale * loss_e
-            stats["abs"] = (w_atom[:, None] * (out["forces"].detach().double() - f_t.detach().double()).abs()).sum() * self.f_scale
-            stats["count"] = 3 * w_atom.sum()
-            stats["energy_abs"] = (w * e_err.detach().double()).sum() * self.e_scale
+            loss = self.force_loss_scale * loss_f + self.energy_loss_scale * (w * e_err).sum() / n
+            if track:
+                self.metrics["mae"].update((out["forces"].detach().double() - f_t.double()).abs() * self.f_scale, w_atom[:, None])
+                self.metrics["energy_mae"].update(e_err.detach().double() * self.e_scale, w)
         else:
-            y = b.targets[self.target].double()
-            y_t = ((y - ref - self.e_mean) / self.e_scale).to(out["y"].dtype)
+            y_t = ((b.targets[self.target].double() - ref - self.e_mean) / self.e_scale).to(out["y"].dtype)
             err = (out["y"] - y_t).abs()
-            loss = self.energy_loss_scale * (w * err).sum() / torch.clamp(n, min=1.0)
-            stats["abs"] = (w * err.detach().double()).sum() * self.e_scale
-            stats["count"] = n.detach()
-        stats["loss"] = loss
-        stats["n"] = n.detach()
-        stats["loss_sum"] = loss.detach() * n.detach()
-        return stats
+            loss = self.energy_loss_scale * (w * err).sum() / n
+            if track:
+                self.metrics["mae"].update(err.detach().double() * self.e_scale, w)
+        if track:
+            self.metrics["loss"].update(loss.detach(), w.sum())
+        return loss
 
-    def training_step(self, batch: Batch, batch_idx: int):
+    def training_step(self, batch: TrainBatch, batch_idx: int):
         self._before_step()
-        s = self.losses(self.model, batch, self.edge_dropout, train=True)
+        loss = self.losses(batch, self.edge_dropout)
         self._count(batch)
         if self._should_log():
-            self.log("train/loss", s["loss"].detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=int(batch.size))
-        return s["loss"]
+            self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=_size(batch))
+        return loss
 
-    def validation_step(self, batch: Batch, batch_idx: int):
+    def validation_step(self, batch: TrainBatch, batch_idx: int):
         with torch.no_grad():
-            s = self.losses(self.eval_model, batch, 0.0, train=False)
-        s.pop("loss")
-        self._accumulate(s)
+            self.losses(batch, 0.0, track=True)
+
+    test_step = validation_step
 
     def on_validation_epoch_end(self) -> None:
-        v = self._reduced_val()
-        if not v:
-            return
-        mae = v["abs"] / max(v["count"], 1.0)
-        row = {"epoch": int(self.current_epoch), "step": int(self.global_step), "mae": mae, "loss": v["loss_sum"] / max(v["n"], 1.0),
+        v = computed(self.metrics)
+        row = {"epoch": int(self.current_epoch), "step": int(self.global_step), "mae": v["mae"], "loss": v["loss"],
                "lr": self._base_lr()}
         self.val_curve.append(row)
-        self.log("val/mae", mae, prog_bar=True, sync_dist=False)
-        self.log("val/loss", row["loss"], sync_dist=False)
+        self.log("val/mae", row["mae"], prog_bar=True, sync_dist=True)
+        self.log("val/loss", row["loss"], sync_dist=True)
         # reduce-on-plateau once the cosine phase is over (validation runs at epoch ends)
         if not self.trainer.sanity_checking and self.global_step >= self.cosine_steps:
-            self.plateau.step(mae, self.lambdas)
+            self.plateau.step(row["mae"], self.lambdas)
+
+    def on_test_epoch_end(self) -> None:
+        self.test_result = computed(self.metrics)
 
     def _base_lr(self) -> float | None:
         """Current LR of the groups at scale 1.0 (heads, bases), i.e. lr x schedule."""
@@ -510,19 +435,6 @@ class FinetuneModule(AtomsModule):
         groups = self.trainer.optimizers[0].param_groups
         g = next((g for g in groups if g.get("scale", 1.0) == 1.0), groups[0])
         return float(g["lr"])
-
-    def test_step(self, batch: Batch, batch_idx: int):
-        model = self.test_model if self.test_model is not None else self.eval_model
-        with torch.no_grad():
-            s = self.losses(model, batch, 0.0, train=False)
-        s.pop("loss")
-        self._accumulate(s)
-
-    def on_test_epoch_end(self) -> None:
-        v = self._reduced_val()
-        self.test_result = {"mae": v["abs"] / max(v["count"], 1.0), "n": v["n"]}
-        if "energy_abs" in v:
-            self.test_result["energy_mae"] = v["energy_abs"] / max(v["n"], 1.0)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)

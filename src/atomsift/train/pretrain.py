@@ -9,25 +9,16 @@ is an error, not a footnote.
 
 from __future__ import annotations
 
-import math
+import json
 import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
-from atomsift.errors import InputError
 from atomsift.train.config import PretrainConfig, to_dict
 
 
 class BudgetError(RuntimeError):
     """The structures seen differ from the planned budget."""
-
-
-def _graphs_for(stores):
-    from atomsift.data.graphs import graph_settings
-
-    return [graph_settings(st.dataset) for st in stores]
 
 
 def default_model_factory(size: str, heads: dict, direct_forces_backbone: bool, seed: int):
@@ -37,11 +28,9 @@ def default_model_factory(size: str, heads: dict, direct_forces_backbone: bool, 
 
 
 def fit_scales_if_available(model, batches) -> bool:
-    """Fit GemNet-OC scale factors on ``batches`` (JMP: 16 batches before training) if supported."""
-    try:
-        from atomsift.models.scaling import fit_scale_factors, scale_factors
-    except ImportError:
-        return False
+    """Fit GemNet-OC scale factors on ``batches`` (JMP: 16 batches before training) if the model has any."""
+    from atomsift.models.scaling import fit_scale_factors, scale_factors
+
     if not hasattr(model, "config") or not scale_factors(model):
         return False
     fit_scale_factors(model, batches)  # graph=None: each batch's dataset family picks its graph
@@ -49,106 +38,90 @@ def fit_scales_if_available(model, batches) -> bool:
 
 
 def run_pretrain(cfg: PretrainConfig, out: str | Path, *, config_path: str | Path | None = None,
-                 model_factory: Callable | None = None, callbacks: list | None = None, fit_scales: bool = True) -> dict:
+                 model_factory: Callable | None = None, callbacks: list | None = None, fit_scales: bool = True,
+                 on_changed_inputs: str = "refuse") -> dict:
     """Run (or resume, or report) one pretraining run into ``out``; return its metrics."""
-    import torch
-
+    from atomsift.data.graphs import graph_settings
     from atomsift.models.heads import HeadSpec
-    from atomsift.train import data as D
+    from atomsift.train.data import AtomsDataModule
     from atomsift.train.linref import fit_dataset_norm, save_norms
     from atomsift.train.module import PretrainModule
     from atomsift.train.runtime import (check_run, clean_stale_temporaries, make_trainer, record_run, run_inputs,
-                                        save_checkpoint_atomic, set_threads, weights_digest, write_json)
+                                        set_threads, world_size)
 
     out = Path(out)
-    metrics_path = out / "metrics.json"
     clean_stale_temporaries(out)
-    if metrics_path.exists():
-        import json
-
-        return json.loads(metrics_path.read_text())
+    # the run's identity; a resume with other inputs (or a planted checkpoint) stops here
+    inputs = run_inputs(cfg, config_path, dict(cfg.upstream.stores), None)
+    prev = check_run(cfg, out, inputs, config_path, store_field=lambda name: f"upstream.stores.{name}",
+                     on_changed=on_changed_inputs)
+    if (out / "metrics.json").exists():
+        return json.loads((out / "metrics.json").read_text())
     set_threads(cfg.threads)
     t0 = time.time()
-    pdata = D.build_pretrain_data(cfg, config_path)
-    # the run's identity; a resume with other inputs (or a planted checkpoint) stops here
-    inputs = run_inputs(cfg, config_path, {nm: st.path for nm, st in pdata.stores.items()}, None)
-    prev = check_run(cfg, out, inputs, config_path, store_field=lambda name: f"upstream.stores.{name}")
+    dm = AtomsDataModule.pretraining(cfg, world_size(cfg), config_path)
     record_run(cfg, out, inputs)
-    names = pdata.names
-    parts = pdata.train.parts
+    parts = dm.splits["train"].parts
+    names = [p.name for p in parts]
     norms = {p.name: fit_dataset_norm(p.store, p.indices) for p in parts}
     save_norms(out / "linref.json", norms)
-    graphs = _graphs_for([p.store for p in parts])
-    datasets = [p.store.dataset for p in parts]
 
-    factory = model_factory or default_model_factory
-    model = factory(cfg.size, {nm: HeadSpec("energy_direct_forces") for nm in names}, True, cfg.seed)
-    collate = D.Collate(datasets, len(names))
-    resume = prev is not None
-    if fit_scales and cfg.n_scale_fit_batches() > 0 and not resume:
+    model = (model_factory or default_model_factory)(cfg.size, {nm: HeadSpec("energy_direct_forces") for nm in names}, True, cfg.seed)
+    if fit_scales and cfg.n_scale_fit_batches() > 0 and prev is None:
         # scale factors from up to 16 training batches of the first epoch's order (fixed by the seed)
-        sampler = D.EpochBatchSampler(len(pdata.train), cfg.batch_size, seed=cfg.seed)
-        batches = []
-        for idx in sampler.batches(0, 0)[: cfg.n_scale_fit_batches()]:
-            batches.extend(collate([pdata.train[i] for i in idx]).sub.values())
-        fit_scales_if_available(model, batches)
-
-    world = cfg.devices * cfg.num_nodes
-    steps_per_epoch = math.ceil(cfg.n_structures / (cfg.batch_size * world))
-    sched_steps = max(cfg.n_structures // (cfg.batch_size * world), 1) * cfg.epochs
+        fit_scales_if_available(model, dm.first_batches(cfg.n_scale_fit_batches()))
+    sched_steps = max(dm.full_steps_per_epoch, 1) * cfg.epochs
     warmup = min(cfg.warmup(sched_steps), sched_steps)
-    progress: dict = {}
     module = PretrainModule(
-        model, names=names, graphs=graphs, norms=[norms[nm] for nm in names],
+        model, names=names, graphs=[graph_settings(p.store.dataset) for p in parts], norms=[norms[nm] for nm in names],
         energy_loss_scale=cfg.energy_loss_scale, force_loss_scale=cfg.force_loss_scale, edge_dropout=cfg.edge_dropout,
-        seed=cfg.seed, ema_decay=cfg.ema_decay, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
-        warmup=warmup, total_steps=sched_steps, start_factor=cfg.warmup_start_factor, min_lr_factor=cfg.min_lr_factor,
-        progress=progress, record_seen=cfg.record_seen)
-    vbs = cfg.val_batch_size or cfg.batch_size
-    module.train_loader_fn = lambda rank, ws: D.make_loader(
-        pdata.train, D.EpochBatchSampler(len(pdata.train), cfg.batch_size, seed=cfg.seed, rank=rank, world_size=ws),
-        collate, cfg.num_workers, progress)
-    module.val_loader_fn = lambda rank, ws: D.make_loader(
-        pdata.val, D.EpochBatchSampler(len(pdata.val), vbs, seed=cfg.seed, shuffle=False, rank=rank, world_size=ws),
-        collate, cfg.num_workers)
+        seed=cfg.seed, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, warmup=warmup, total_steps=sched_steps,
+        start_factor=cfg.warmup_start_factor, min_lr_factor=cfg.min_lr_factor, record_seen=cfg.record_seen)
+    trainer = make_trainer(cfg, out, monitor="val/loss", gradient_clip_val=cfg.grad_clip_norm,
+                           gradient_clip_algorithm="norm", find_unused_parameters=len(names) > 1,
+                           steps_per_epoch=dm.steps_per_epoch, callbacks=callbacks or ())
+    setup_s = time.time() - t0  # data, references, model
+    trainer.fit(module, datamodule=dm, ckpt_path=str(out / "last.ckpt") if prev is not None else None)
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+    return _finish(cfg, out, trainer, module, dm, norms, sched_steps, warmup, setup_s)
 
-    trainer = make_trainer(cfg, out, max_epochs=cfg.epochs, callbacks=list(callbacks or []), monitor="val/loss",
-                           gradient_clip_val=cfg.grad_clip_norm, gradient_clip_algorithm="norm",
-                           find_unused_parameters=len(names) > 1, steps_per_epoch=steps_per_epoch)
-    setup_s = time.time() - t0  # data, references, model (before the module's clock starts)
-    module._t0 = time.time()
-    trainer.fit(module, ckpt_path=str(out / "last.ckpt") if resume else None)
+
+def _finish(cfg, out: Path, trainer, module, dm, norms: dict, sched_steps: int, warmup: int, setup_s: float) -> dict:
+    """Audit records, the budget check, then (rank 0) the models and ``metrics.json``."""
+    from atomsift.fsio import write_json
+    from atomsift.train.checkpointing import save_model
+    from atomsift.train.runtime import EMA, callback, run_time, weights_digest
+
+    ema = callback(trainer, EMA)
+    raw = ema.raw_model if ema is not None else module.model  # after fit the module holds the EMA weights
     rank = trainer.global_rank
     if cfg.record_seen:
         write_json(out / f"seen_rank{rank}.json", {"rank": rank, "world_size": trainer.world_size,
                                                    "seen": {str(k): v for k, v in module.seen_ids.items()},
-                                                   "weights_sha256": weights_digest(module.model),
-                                                   "ema_sha256": weights_digest(module.eval_model)})
-    if trainer.interrupted:
-        raise KeyboardInterrupt
-    seen = {nm: int(module.seen[i]) for i, nm in enumerate(names)}
-    expected = {nm: pdata.counts[nm] * cfg.epochs for nm in names}
-    save_checkpoint_atomic(trainer, out / "last.ckpt")  # every rank takes part (barrier under DDP)
+                                                   "weights_sha256": weights_digest(raw),
+                                                   "ema_sha256": weights_digest(module.model)})
+    names = list(dm.counts)
+    seen = dict(zip(names, module.seen_total))
+    expected = {nm: dm.counts[nm] * cfg.epochs for nm in names}
     if seen != expected:
         raise BudgetError(f"budget mismatch: structures seen {seen} != planned {expected} (N x E)")
     if rank != 0:
         return {}
-
-    from atomsift.train.checkpointing import save_model
-
+    datasets = {nm: dm.stores[nm].dataset for nm in names}
     meta = {
         "stage": "pretrain",
         "config": to_dict(cfg),
         "heads": names,
-        "datasets": dict(zip(names, datasets)),
+        "datasets": datasets,
         "budget": {"n_structures": cfg.n_structures, "epochs": cfg.epochs, "C": cfg.n_structures * cfg.epochs,
-                   "counts": pdata.counts, "seen": seen},
+                   "counts": dm.counts, "seen": seen},
         "normalization": {nm: vars(norms[nm]) for nm in names},
-        "weights": "ema" if module.ema_model is not None else "raw",
+        "weights": "ema" if ema is not None else "raw",
     }
-    save_model(out / "model.pt", module.eval_model, meta)
-    if module.ema_model is not None:
-        save_model(out / "model_raw.pt", module.model, {**meta, "weights": "raw"})
+    save_model(out / "model.pt", module.model, meta)
+    if ema is not None:
+        save_model(out / "model_raw.pt", raw, {**meta, "weights": "raw"})
     best = out / "best.ckpt"
     curve = module.val_curve
     metrics = {
@@ -156,19 +129,19 @@ def run_pretrain(cfg: PretrainConfig, out: str | Path, *, config_path: str | Pat
         "seed": cfg.seed,
         "size": cfg.size,
         "mixture": cfg.upstream.mixture,
-        "datasets": dict(zip(names, datasets)),
+        "datasets": datasets,
         "n_structures": cfg.n_structures,
         "epochs": cfg.epochs,
         "budget_C": cfg.n_structures * cfg.epochs,
-        "planned_per_dataset": pdata.counts,
+        "planned_per_dataset": dm.counts,
         "structures_seen": seen,
         "structures_seen_total": int(sum(seen.values())),
         "steps": int(trainer.global_step),
-        "steps_per_epoch": steps_per_epoch,
+        "steps_per_epoch": dm.steps_per_epoch,
         "scheduled_steps": sched_steps,
         "warmup_steps": warmup,
         "world_size": trainer.world_size,
-        "wall_time_s": module.elapsed() + setup_s,
+        "wall_time_s": run_time(trainer) + setup_s,
         "best_val_loss": min((r["loss"] for r in curve), default=None),
         "best_checkpoint": str(best) if best.exists() else None,
         "val_curve": curve,

@@ -1,20 +1,32 @@
-"""Trainer construction shared by both stages: devices, DDP/SLURM, precision, threads, logs,
-and the run directory's guarantees: checkpoints read through :mod:`atomsift.safeload` and
+"""The Trainer both stages run under, built from Lightning's parts (DDP/SLURM, precision, threads,
+``ModelCheckpoint`` for ``last.ckpt``/``best.ckpt``, weight averaging for the EMA, a ``Timer``, CSV
+logs), and the run directory's guarantees: checkpoints read through :mod:`atomsift.safeload` and
 written atomically, resume only with the inputs the run was started from, no stale temporaries."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
 import os
 import re
+import shutil
 import sys
+import warnings
 from pathlib import Path
 
+import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, Timer, WeightAveraging
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import DDPStrategy
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from atomsift import fsio
+from atomsift.errors import InputError
+from atomsift.train.config import to_dict
 
 
 def set_threads(threads: int | None) -> None:
@@ -34,36 +46,33 @@ def accelerator_name(cfg) -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
-def save_checkpoint_atomic(trainer, path: Path) -> None:
-    """``trainer.save_checkpoint`` (all ranks call it; rank 0 writes, through
-    :class:`SafeCheckpointIO`: to a temporary name, renamed when complete)."""
-    trainer.save_checkpoint(Path(path))
+def world_size(cfg) -> int:
+    """Processes of a run: devices per node x nodes (what Lightning launches, or SLURM's tasks)."""
+    return cfg.devices * cfg.num_nodes
 
 
-def safe_checkpoint_io():
-    """A Lightning ``CheckpointIO`` that reads ``last.ckpt``/``best.ckpt`` (resume, best weights)
-    with :func:`atomsift.safeload.load_torch`, so Lightning never unpickles a checkpoint itself,
-    and writes them atomically (:func:`atomsift.fsio.write_bytes`: a failed write leaves no
-    temporary and names the checkpoint, not the temporary)."""
-    from lightning.pytorch.plugins.io import TorchCheckpointIO
+# ----------------------------------------------------------------------------- Lightning parts
 
-    class SafeCheckpointIO(TorchCheckpointIO):
-        def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-            buf = io.BytesIO()  # serialised first: a disk error is then an OSError of the write
-            torch.save(checkpoint, buf)
-            fsio.write_bytes(path, buf.getbuffer())
 
-        def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
-            return load_lightning_checkpoint(path)
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Reads ``last.ckpt``/``best.ckpt`` (resume, best weights) with
+    :func:`atomsift.safeload.load_torch`, so Lightning never unpickles a checkpoint itself, and
+    writes them atomically (:func:`atomsift.fsio.write_bytes`: a failed write leaves no temporary
+    and names the checkpoint, not the temporary)."""
 
-    return SafeCheckpointIO()
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        buf = io.BytesIO()  # serialised first: a disk error is then an OSError of the write
+        torch.save(checkpoint, buf)
+        fsio.write_bytes(path, buf.getbuffer())
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        return load_lightning_checkpoint(path)
 
 
 def load_lightning_checkpoint(path, read_data: bool = True) -> dict:
     """A ``last.ckpt`` / ``best.ckpt`` through the safe loader (no stand-ins: Lightning's files
     hold no classes), checked to be a Lightning checkpoint; ``read_data=False`` checks the file
     without reading tensor bytes."""
-    from atomsift.errors import InputError
     from atomsift.safeload import load_torch
 
     obj = load_torch(path, read_data=read_data)
@@ -72,30 +81,109 @@ def load_lightning_checkpoint(path, read_data: bool = True) -> dict:
     return obj
 
 
-def _resume_checkpoint_class():
-    import lightning.pytorch as pl
+class EMA(WeightAveraging):
+    """Exponential moving average of the weights, p_ema <- d p_ema + (1 - d) p after every optimizer
+    step (torch's ``AveragedModel`` with ``get_ema_multi_avg_fn``; buffers are copied, not
+    averaged; the first step copies). Validation runs on the averaged weights and checkpoints hold
+    them as ``state_dict`` (so ``best.ckpt`` is the best EMA). When ``fit`` ends they replace the
+    module's, whose raw weights are kept in ``raw_model`` (``model_raw.pt``)."""
 
-    class ResumeCheckpoint(pl.Callback):
-        """Keep ``last.ckpt`` current for resuming: every n optimizer steps inside an epoch and at
-        each epoch end after its validation (so a resumed run never skips a validation). Written
-        to a temporary name and renamed, so a kill mid-write leaves the previous one intact."""
+    def __init__(self, decay: float):
+        super().__init__(use_buffers=False, multi_avg_fn=get_ema_multi_avg_fn(decay))
+        self.raw_model: torch.nn.Module | None = None
 
-        def __init__(self, path: Path, every: int):
-            self.path = Path(path)
-            self.every = int(every)
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        # the module reaches its device after setup: keep the average where the module will be
+        self._device = trainer.strategy.root_device
+        super().setup(trainer, pl_module, stage)
 
-        def _save(self, trainer) -> None:
-            save_checkpoint_atomic(trainer, self.path)
+    def on_train_end(self, trainer, pl_module) -> None:
+        pass  # done in on_fit_end, which also runs when a resumed run had no step left to train
 
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            last_of_epoch = batch_idx + 1 >= trainer.num_training_batches
-            if not last_of_epoch and trainer.global_step % self.every == 0:
-                self._save(trainer)
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.raw_model = copy.deepcopy(pl_module.model)
+        super().on_train_end(trainer, pl_module)
 
-        def on_train_epoch_end(self, trainer, pl_module) -> None:
-            self._save(trainer)
 
-    return ResumeCheckpoint
+class InEpochCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every n optimizer steps, except at a step followed by a validation (the
+    epoch's last, or every ``val_every_n_steps``): a kill during that validation would resume past
+    it and lose its point of the curve. The epoch's last step is saved after its validation."""
+
+    def __init__(self, dirpath: Path, every: int):
+        super().__init__(dirpath=dirpath, filename="last", every_n_train_steps=every, enable_version_counter=False)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        k = batch_idx + 1
+        if k < trainer.num_training_batches and (not trainer.val_check_batch or k % trainer.val_check_batch != 0):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
+def make_trainer(cfg, out: Path, *, monitor: str, gradient_clip_val: float, gradient_clip_algorithm: str,
+                 find_unused_parameters: bool, steps_per_epoch: int, callbacks=()) -> pl.Trainer:
+    """A Lightning Trainer for one run writing into ``out``: ``best.ckpt`` (lowest ``monitor``),
+    ``last.ckpt`` every ``checkpoint_every_n_steps`` optimizer steps (:class:`InEpochCheckpoint`)
+    and at every epoch end after its validation, the EMA when ``ema_decay`` > 0, a Timer, CSV
+    logs, DDP when the run spans processes."""
+    accel = accelerator_name(cfg)
+    slurm_multi = int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in os.environ
+    if world_size(cfg) > 1 or slurm_multi:
+        strategy = DDPStrategy(find_unused_parameters=find_unused_parameters,
+                               process_group_backend="nccl" if accel == "gpu" else "gloo")
+    else:
+        strategy = "auto"
+    ours = [
+        ModelCheckpoint(dirpath=out, filename="best", monitor=monitor, mode="min", save_top_k=1,
+                        enable_version_counter=False, save_on_train_epoch_end=False),
+        InEpochCheckpoint(out, cfg.checkpoint_every_n_steps),
+        ModelCheckpoint(dirpath=out, filename="last", every_n_epochs=1, save_on_train_epoch_end=True,
+                        enable_version_counter=False),
+        Timer(verbose=False),
+    ]
+    if cfg.ema_decay > 0:
+        ours.append(EMA(cfg.ema_decay))
+    # the run directory holds the run's records by design: Lightning's warning about it is noise
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    progress = cfg.progress_bar if cfg.progress_bar is not None else sys.stderr.isatty()
+    return pl.Trainer(
+        accelerator=accel,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=strategy,
+        precision=cfg.precision,
+        max_epochs=cfg.epochs,
+        callbacks=[*callbacks, *ours],
+        plugins=[SafeCheckpointIO()],
+        logger=CSVLogger(str(out), name="logs", version=""),
+        enable_progress_bar=bool(progress),
+        enable_model_summary=False,
+        gradient_clip_val=gradient_clip_val,
+        gradient_clip_algorithm=gradient_clip_algorithm,
+        num_sanity_val_steps=0,
+        inference_mode=False,
+        use_distributed_sampler=False,
+        # Lightning rejects an interval longer than the epoch: cap it (validation at epoch end anyway)
+        val_check_interval=min(cfg.val_every_n_steps, steps_per_epoch) if cfg.val_every_n_steps else None,
+        log_every_n_steps=cfg.log_every_n_steps,
+        default_root_dir=str(out),
+        deterministic=False,
+        benchmark=False,
+    )
+
+
+def callback(trainer: pl.Trainer, kind: type):
+    """The trainer's callback of type ``kind`` (None if absent)."""
+    return next((c for c in trainer.callbacks if isinstance(c, kind)), None)
+
+
+def run_time(trainer: pl.Trainer) -> float:
+    """Seconds in ``fit`` over every segment of the run (Lightning's Timer, resumed with it), plus
+    ``test``."""
+    timer = callback(trainer, Timer)
+    return timer.time_elapsed("train") + timer.time_elapsed("test")
+
+
+# ----------------------------------------------------------------------------- the run directory
 
 
 RUNTIME_KEYS = ("accelerator", "num_workers", "threads", "progress_bar", "log_every_n_steps", "checkpoint_every_n_steps")
@@ -104,6 +192,7 @@ RUNTIME_KEYS = ("accelerator", "num_workers", "threads", "progress_bar", "log_ev
 # ".NAME.tmp" of earlier versions and models.save_checkpoint's mkstemp ".model.pt.XXXXXXXX"
 _OUTPUTS = r"(?:last|best|metrics|run|inputs|linref|seen_rank\d+|model|model_raw)"
 _STALE = re.compile(rf"^\.{_OUTPUTS}(?:\.tmp-\d+-[0-9a-f]{{6}}\.(?:ckpt|json|pt)|\.(?:ckpt|json|pt)\.tmp|\.pt\.[A-Za-z0-9_]{{8}})$")
+_STATE = re.compile(rf"^{_OUTPUTS}\.(?:ckpt|json|pt)$")  # what a run directory holds of its run
 
 
 def is_global_zero_by_env() -> bool:
@@ -130,8 +219,6 @@ def clean_stale_temporaries(out: Path) -> list[str]:
 
 
 def _settings(cfg) -> dict:
-    from atomsift.train.config import to_dict
-
     return {k: v for k, v in to_dict(cfg).items() if k not in RUNTIME_KEYS}
 
 
@@ -143,139 +230,131 @@ def run_inputs(cfg, config_path, stores: dict[str, str | Path], pretrained: str 
     stores_rec = {}
     for name, sp in stores.items():
         m = Path(sp) / "manifest.json"
-        stores_rec[name] = {"path": str(Path(sp).resolve()), "manifest_sha256": sha256_of(m) if m.is_file() else None}
+        stores_rec[name] = {"path": str(Path(sp).resolve()), "manifest_sha256": fsio.file_digest(m) if m.is_file() else None}
     pre = None
     if pretrained is not None and str(pretrained) != "none":
-        pre = {"path": str(Path(pretrained).resolve()), "sha256": sha256_of(pretrained)}
+        pre = {"path": str(Path(pretrained).resolve()), "sha256": fsio.file_digest(pretrained)}
     return {
-        "run_file": {"path": str(cp.resolve()) if cp else None, "sha256": sha256_of(cp) if cp and cp.is_file() else None,
+        "run_file": {"path": str(cp.resolve()) if cp else None, "sha256": fsio.file_digest(cp) if cp and cp.is_file() else None,
                      "settings_sha256": hashlib.sha256(settings.encode()).hexdigest()},
         "stores": stores_rec,
         "pretrained": pre,
+        "formats": formats(),
     }
 
 
-def check_run(cfg, out: Path, inputs: dict, config_path=None, store_field=lambda name: "store") -> dict | None:
+# What a run directory's checkpoints hold: the model's weight layout (models.checkpoint
+# FORMAT_VERSION) and the training state Lightning saves (2: EMA by Lightning's weight averaging,
+# ModelCheckpoint callbacks, issue 15). A run started by another version is not resumed.
+TRAINING_STATE_VERSION = 2
+
+
+def formats() -> dict:
+    from atomsift.models.checkpoint import FORMAT_VERSION
+
+    return {"model": FORMAT_VERSION, "training_state": TRAINING_STATE_VERSION}
+
+
+def _changed(cfg, out: Path, before: dict, prev: dict, inputs: dict, config_path, store_field) -> InputError | None:
+    """What differs between the run recorded in ``out`` and this one (None: nothing), as the
+    one-line refusal; its ``what`` attribute names the change alone."""
+
+    def change(what: str, restore: str, path, field):
+        err = InputError(f"{what}; delete {out} to start over or {restore}", path=path, field=field)
+        err.what = what
+        return err
+
+    if prev.get("formats") != inputs["formats"]:
+        was = prev.get("formats") or {"model": 1, "training_state": 1}
+        return change(f"{out} holds a run written by another atomsift (model format {was.get('model')}, training state "
+                      f"{was.get('training_state')}; this one writes {inputs['formats']['model']} and "
+                      f"{inputs['formats']['training_state']})", "use the atomsift that started it", out / "run.json", "formats")
+    now = _settings(cfg)
+    for k in sorted(set(now) | set(before)):
+        if k not in RUNTIME_KEYS and now.get(k) != before.get(k):
+            return change(f"{out} holds a run started with {k}={before.get(k)!r}", "restore the run file", config_path, k)
+    old_stores = prev.get("stores") if isinstance(prev.get("stores"), dict) else {}
+    for name, rec in inputs["stores"].items():
+        old = (old_stores.get(name) or {}).get("manifest_sha256")
+        if old != rec["manifest_sha256"]:
+            return change(f"{out} holds a run started from another version of this store: "
+                          f"{Path(rec['path']) / 'manifest.json'} has sha256 {str(rec['manifest_sha256'])[:12]}, "
+                          f"the run started with {str(old)[:12]}", "restore the inputs", config_path, store_field(name))
+    old_pre = prev.get("pretrained") if isinstance(prev.get("pretrained"), dict) else None
+    new_pre = inputs["pretrained"]
+    if (old_pre or {}).get("sha256") != (new_pre or {}).get("sha256"):
+        was = f"{old_pre.get('path')} (sha256 {str(old_pre.get('sha256'))[:12]})" if old_pre else "none"
+        now_s = f"sha256 {new_pre['sha256'][:12]}" if new_pre else "none"
+        return change(f"{out} holds a run started from --pretrained {was}, not this one ({now_s})", "restore the inputs",
+                      new_pre["path"] if new_pre else None, None if new_pre else "--pretrained")
+    return None
+
+
+def check_run(cfg, out: Path, inputs: dict, config_path=None, store_field=lambda name: "store",
+              on_changed: str = "refuse") -> dict | None:
     """Refuse a run that cannot start or resume; return the inputs record of the run being
-    resumed (None for a fresh start). Nothing is written.
+    resumed or reported (None for a fresh start). Nothing is written, except by ``restart``.
 
-    A resume (``DIR/last.ckpt`` present) needs ``DIR/run.json`` and ``DIR/inputs.json`` and the
-    same run file (keys that do not change the result may differ), the same store manifests and
-    the same ``--pretrained`` (by sha256); ``last.ckpt`` and ``best.ckpt`` are checked with the
-    safe loader before Lightning sees them. Each refusal is one line naming what changed."""
-    from atomsift.errors import InputError
-
+    A run directory (``DIR/last.ckpt``, or a finished ``DIR/metrics.json``) is resumed or reported
+    only with the same run file (keys that do not change the result may differ), the same store
+    manifests and the same ``--pretrained`` (by sha256), as recorded in ``DIR/run.json`` and
+    ``DIR/inputs.json``. A change is a one-line refusal (``on_changed="refuse"``), or, with
+    ``"restart"`` (what the workflow's rules pass: Snakemake reruns a job whose inputs changed),
+    one line on stderr and the directory's run state removed. A ``last.ckpt`` without a readable
+    record is refused either way, and ``last.ckpt``/``best.ckpt`` are checked with the safe loader
+    before Lightning sees them."""
     if cfg.precision == "16-mixed" and accelerator_name(cfg) == "cpu":
         raise InputError("16-mixed needs a GPU; use 32-true or bf16-mixed on CPU", path=config_path, field="precision")
     out = Path(out)
-    last = out / "last.ckpt"
-    if not last.exists():
+    last, finished = out / "last.ckpt", (out / "metrics.json").exists()
+    if not last.exists() and not finished:
         return None
-    restart = f"delete {out} to start over or restore the inputs"
     try:
         before = json.loads((out / "run.json").read_text())
         prev = json.loads((out / "inputs.json").read_text())
         if not isinstance(before, dict) or not isinstance(prev, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
+        if finished:  # a finished run from before these records: reported as it is
+            return None
         raise InputError(f"has no readable record of the inputs it was started from (run.json, inputs.json: "
                          f"{type(exc).__name__}); delete {out} to start over", path=last) from None
-    now = _settings(cfg)
-    for k in sorted(set(now) | set(before)):
-        if k not in RUNTIME_KEYS and now.get(k) != before.get(k):
-            raise InputError(f"{out} holds a run started with {k}={before.get(k)!r}; delete {out} to start over "
-                             f"or restore the run file", path=config_path, field=k)
-    old_stores = prev.get("stores") if isinstance(prev.get("stores"), dict) else {}
-    for name, rec in inputs["stores"].items():
-        old = (old_stores.get(name) or {}).get("manifest_sha256")
-        if old != rec["manifest_sha256"]:
-            raise InputError(f"{out} holds a run started from another version of this store: "
-                             f"{Path(rec['path']) / 'manifest.json'} has sha256 {str(rec['manifest_sha256'])[:12]}, "
-                             f"the run started with {str(old)[:12]}; {restart}", path=config_path, field=store_field(name))
-    old_pre = prev.get("pretrained") if isinstance(prev.get("pretrained"), dict) else None
-    new_pre = inputs["pretrained"]
-    if (old_pre or {}).get("sha256") != (new_pre or {}).get("sha256"):
-        was = f"{old_pre.get('path')} (sha256 {str(old_pre.get('sha256'))[:12]})" if old_pre else "none"
-        now_s = f"sha256 {new_pre['sha256'][:12]}" if new_pre else "none"
-        raise InputError(f"{out} holds a run started from --pretrained {was}, not this one ({now_s}); {restart}",
-                         path=new_pre["path"] if new_pre else None, field=None if new_pre else "--pretrained")
-    # a planted or damaged checkpoint is refused here, in one line, before Lightning prints anything
-    load_lightning_checkpoint(last, read_data=False)
-    if (out / "best.ckpt").exists():
-        load_lightning_checkpoint(out / "best.ckpt", read_data=False)
+    change = _changed(cfg, out, before, prev, inputs, config_path, store_field)
+    if change is not None:
+        if on_changed != "restart":
+            raise change
+        print(f"atomsift: {change.what}; starting over (--on-changed-inputs restart)", file=sys.stderr)
+        clear_run_state(out)
+        return None
+    if not finished:
+        # a planted or damaged checkpoint is refused here, in one line, before Lightning prints anything
+        load_lightning_checkpoint(last, read_data=False)
+        if (out / "best.ckpt").exists():
+            load_lightning_checkpoint(out / "best.ckpt", read_data=False)
     return prev
+
+
+def clear_run_state(out: Path) -> None:
+    """Remove what ``out`` holds of a run (checkpoints, models, records, metrics, logs; rank 0
+    only); files that are not ours stay."""
+    if not is_global_zero_by_env():
+        return
+    for p in Path(out).iterdir():
+        if _STATE.match(p.name) and p.is_file():
+            p.unlink()
+    shutil.rmtree(Path(out) / "logs", ignore_errors=True)
 
 
 def record_run(cfg, out: Path, inputs: dict) -> None:
     """Write ``DIR/run.json`` (the run file) and ``DIR/inputs.json`` (:func:`run_inputs` plus what
     the pretrained transfer loaded), once every input has been read successfully. A fresh start
     drops a ``best.ckpt`` left by a run that is not being resumed."""
-    from atomsift.train.config import to_dict
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "last.ckpt").exists() and (out / "best.ckpt").exists() and is_global_zero_by_env():
         (out / "best.ckpt").unlink()
-    write_json(out / "run.json", to_dict(cfg))
-    write_json(out / "inputs.json", inputs)
-
-
-def make_trainer(cfg, out: Path, *, max_epochs: int, callbacks: list, monitor: str, gradient_clip_val: float,
-                 gradient_clip_algorithm: str, find_unused_parameters: bool, steps_per_epoch: int | None = None):
-    """A Lightning Trainer for one run writing into ``out`` (checkpoints, CSV logs)."""
-    import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
-    from lightning.pytorch.strategies import DDPStrategy
-
-    ResumeCheckpoint = _resume_checkpoint_class()
-    accel = accelerator_name(cfg)
-
-    world = cfg.devices * cfg.num_nodes
-    slurm_multi = int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in os.environ
-    if world > 1 or slurm_multi:
-        strategy = DDPStrategy(find_unused_parameters=find_unused_parameters,
-                               process_group_backend="nccl" if accel == "gpu" else "gloo")
-    else:
-        strategy = "auto"
-    best = ModelCheckpoint(dirpath=out, filename="best", monitor=monitor, mode="min", save_top_k=1,
-                           enable_version_counter=False, save_on_train_epoch_end=False)
-    last = ResumeCheckpoint(out / "last.ckpt", cfg.checkpoint_every_n_steps)
-    progress = cfg.progress_bar if cfg.progress_bar is not None else sys.stderr.isatty()
-    trainer = pl.Trainer(
-        accelerator=accel,
-        devices=cfg.devices,
-        num_nodes=cfg.num_nodes,
-        strategy=strategy,
-        precision=cfg.precision,
-        max_epochs=max_epochs,
-        callbacks=[*callbacks, best, last],
-        plugins=[safe_checkpoint_io()],
-        logger=CSVLogger(str(out), name="logs", version=""),
-        enable_progress_bar=bool(progress),
-        enable_model_summary=False,
-        gradient_clip_val=gradient_clip_val,
-        gradient_clip_algorithm=gradient_clip_algorithm,
-        num_sanity_val_steps=0,
-        inference_mode=False,
-        use_distributed_sampler=False,
-        # Lightning rejects an interval longer than the epoch: cap it (validation at epoch end anyway)
-        val_check_interval=(min(cfg.val_every_n_steps, steps_per_epoch) if cfg.val_every_n_steps and steps_per_epoch
-                            else cfg.val_every_n_steps),
-        log_every_n_steps=cfg.log_every_n_steps,
-        default_root_dir=str(out),
-        deterministic=False,
-        benchmark=False,
-    )
-    return trainer
-
-
-def sha256_of(path: str | Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-write_json = fsio.write_json
+    fsio.write_json(out / "run.json", to_dict(cfg))
+    fsio.write_json(out / "inputs.json", inputs)
 
 
 def weights_digest(module: torch.nn.Module) -> str:

@@ -38,11 +38,6 @@ class TaskRecipe:
     unit_factor: float  # multiply an MAE in the store's unit (eV, eV/A, ...) by this to get `unit`
     atom_refs: str = "none"  # scalar tasks: "jmp" (QM9 U0 table), "fit" (least squares), "none"
 
-    @property
-    def metric(self) -> str:
-        return "force_mae" if self.kind == "forces" else "mae"
-
-
 RECIPES: dict[str, TaskRecipe] = {
     # rMD17 aspirin: force-only loss (energy coefficient 0), gradient forces, batch 4, 600 epochs,
     # reduce-on-plateau patience 25 (configs/finetune/rmd17.py).

@@ -76,7 +76,7 @@ def generate(name: str, out: str | Path, *, n: int | None = None, seed: int = DE
     :class:`~atomsift.data.mini.common.Pool` may be passed to reuse its workers across calls.
     """
     from atomsift.data.mini.common import Pool, check_n, default_workers
-    from atomsift.errors import InputError
+    from atomsift.errors import InputError, check_options
 
     mod_name, func_name, _ = _lookup(name)
     n = DEFAULT_SIZES[name] if n is None else check_n(n, name)
@@ -87,12 +87,15 @@ def generate(name: str, out: str | Path, *, n: int | None = None, seed: int = DE
     if int(workers) < 1:
         raise InputError(f"--workers must be at least 1, got {workers}", field="workers")
     func = getattr(importlib.import_module(mod_name), func_name)
+    if qm9 is not None:
+        options["qm9"] = qm9
+    check_options(func, options, name, fixed=("n", "seed", "pool"), unlisted=("md",))  # md: MD overrides (tests)
     t0 = time.perf_counter()
     # generators validate their options before the first task; workers are spawned on first use
     if pool is not None:
-        path, skips = func(Path(out), n=n, seed=int(seed), pool=pool, qm9=qm9, **options)
+        path, skips = func(Path(out), n=n, seed=int(seed), pool=pool, **options)
     else:
         with Pool(int(workers)) as own:
-            path, skips = func(Path(out), n=n, seed=int(seed), pool=own, qm9=qm9, **options)
+            path, skips = func(Path(out), n=n, seed=int(seed), pool=own, **options)
     return {"generator": name, "path": str(path), "n_structures": n, "seed": int(seed), "workers": int(workers),
             "seconds": round(time.perf_counter() - t0, 2), "skips": skips}

@@ -24,31 +24,17 @@ def register(sub) -> None:
     p.set_defaults(func=_generate)
 
 
-_OPTIONS = {
-    "oc20-mini": ("metals", "adsorbates"),
-    "oc22-mini": ("oxides", "adsorbates"),
-    "rmd17-mini": ("molecule",),
-    "spice-mini": ("amino_acids",),
-    "ani1x-mini": ("qm9",),
-    "transition1x-mini": ("qm9",),
-}
-
-
 def _generate(args) -> int:
     import logging
     import sys
 
-    from atomsift.cli import print_json
+    from atomsift.fsio import print_json
     from atomsift.data.mini import GENERATORS, generate
     from atomsift.data.store import Store
     from atomsift.errors import InputError
 
     if args.name not in GENERATORS:
         raise InputError(f"unknown generator '{args.name}' (known: {', '.join(GENERATORS)})", field="NAME")
-    allowed = _OPTIONS.get(args.name, ())
-    for opt in ("qm9", "metals", "oxides", "adsorbates", "molecule", "amino_acids"):
-        if getattr(args, opt) is not None and opt not in allowed:
-            raise InputError(f"--{opt.replace('_', '-')} does not apply to {args.name}", field=opt)
     if args.n is not None:
         from atomsift.data.mini.common import check_n
 

@@ -33,8 +33,7 @@ from atomsift.errors import InputError
 log = logging.getLogger("atomsift.mini")
 
 MAX_ATTEMPTS = 8
-MIN_DISTANCE = 0.6  # Angstrom; no two atoms (periodic images included) closer than this
-REJECT_DISTANCE = 0.75  # generators redraw geometries closer than this (margin over MIN_DISTANCE)
+REJECT_DISTANCE = 0.75  # Angstrom; generators redraw geometries with two atoms (periodic images included) closer
 XTB_ACCURACY = 0.3  # tblite "accuracy" (lower is tighter); tight enough for 1e-3 eV/A force checks
 
 
@@ -146,16 +145,6 @@ def emt_parameters() -> dict:
     return {"calculator": "ase.calculators.emt.EMT", "method": "EMT", "package": "ase", "package_version": package_version("ase")}
 
 
-def calculator_for(provenance: dict, numbers, *, accuracy: float | None = None):
-    """A fresh calculator with the settings recorded in a mini store's provenance (for checks)."""
-    if provenance["method"] == "EMT":
-        from ase.calculators.emt import EMT
-
-        return EMT()
-    return xtb_calculator(provenance["method"], numbers, electronic_temperature=provenance["electronic_temperature_K"],
-                          accuracy=provenance["accuracy"] if accuracy is None else accuracy)
-
-
 def label(atoms, calc) -> tuple[float, np.ndarray]:
     """Energy (eV) and forces (eV/A) of ``atoms`` from ``calc``; :class:`CalculationFailed` on failure."""
     from ase.calculators.calculator import CalculationFailed as AseFailed
@@ -239,13 +228,6 @@ class TaskResult:
     samples: list = field(default_factory=list)
     skips: list = field(default_factory=list)  # (item, attempt, reason)
     info: dict = field(default_factory=dict)
-
-
-def hill(numbers) -> str:
-    from ase.data import chemical_symbols
-    from ase.formula import Formula
-
-    return Formula.from_list([chemical_symbols[int(z)] for z in numbers]).format("hill")
 
 
 # ------------------------------------------------------------------------------------------- splits

@@ -54,7 +54,7 @@ def kinetic_temperature(masses, velocities) -> float:
 
 
 def run_md(z, pos0, *, n_frames: int, seed_keys: tuple, temperature: float, timestep: float, stride: int, burnin: int,
-           friction: float, **_) -> tuple[list, list]:
+           friction: float) -> tuple[list, list]:
     """One Langevin trajectory; returns (frames [(pos, E, F)], kinetic temperatures)."""
     from ase import Atoms, units
     from ase.calculators.calculator import CalculationFailed as AseFailed
@@ -106,7 +106,8 @@ def _md_task(payload) -> TaskResult:
             else:  # spice: every trajectory has its own water arrangement, relaxed here
                 z, pos = _solvate(*build(name), rng_for(seed, dataset, traj, attempt, "waters"))
                 pos = relax(z, pos, fmax=0.1, steps=SPICE_RELAX_STEPS)  # removes clashes; burn-in does the rest
-            frames, temps = run_md(z, pos, n_frames=n_frames, seed_keys=(seed, dataset, traj, attempt), **params)
+            dyn = {k: v for k, v in params.items() if k != "trajectories"}
+            frames, temps = run_md(z, pos, n_frames=n_frames, seed_keys=(seed, dataset, traj, attempt), **dyn)
         except CalculationFailed as exc:
             res.skips.append((item, attempt, f"calculator: {exc}"))
             continue
@@ -208,7 +209,7 @@ def md22_split(n: int, seed: int = 42) -> dict[str, np.ndarray]:
     return {"train": np.sort(perm[n_val:n_tv]), "val": np.sort(perm[:n_val]), "test": np.sort(perm[n_tv:])}
 
 
-def generate_rmd17(out, *, n: int, seed: int, pool, molecule: str = "aspirin", md=None, **_) -> tuple:
+def generate_rmd17(out, *, n: int, seed: int, pool, molecule: str = "aspirin", md=None) -> tuple:
     name = parse_list(molecule or "aspirin", RMD17_MOLECULES, "rMD17 molecule", "molecule")
     if len(name) != 1:
         from atomsift.errors import InputError
@@ -224,20 +225,20 @@ def generate_rmd17(out, *, n: int, seed: int, pool, molecule: str = "aspirin", m
     return out, skips
 
 
-def generate_md22(out, *, n: int, seed: int, pool, md=None, **_) -> tuple:
+def generate_md22(out, *, n: int, seed: int, pool, md=None) -> tuple:
     params = md_parameters("md22", md)
     results = pool.map(_md_task, _traj_tasks(seed, "md22", ["ac-ala3-nhme"], n, pool, params))
     samples, skips = collect(results, "md22-mini")
     for s in samples:
         s.cls = "Ac-Ala3-NHMe"
     prov = _provenance("md22", params, seed, n, results, skips, mirrors="MD22 (Ac-Ala3-NHMe)", molecule="Ac-Ala3-NHMe",
-                       split=f"JMP MD22: RandomState(42) permutation, train+val = round(n * 6000/85109), 5% of it val, rest test")
+                       split="JMP MD22: RandomState(42) permutation, train+val = round(n * 6000/85109), 5% of it val, rest test")
     write_store(out, name="md22-mini", family="md22", version=VERSION, level_of_theory=METHOD, samples=samples,
                 splits=md22_split(len(samples)), provenance=prov)
     return out, skips
 
 
-def generate_spice(out, *, n: int, seed: int, pool, amino_acids=None, md=None, **_) -> tuple:
+def generate_spice(out, *, n: int, seed: int, pool, amino_acids=None, md=None) -> tuple:
     names = list(SPICE_AMINO_ACIDS) if amino_acids is None else parse_list(amino_acids, SPICE_AMINO_ACIDS, "amino acid", "amino_acids")
     params = md_parameters("spice", md)
     results = pool.map(_md_task, _traj_tasks(seed, "spice", names, n, pool, params))

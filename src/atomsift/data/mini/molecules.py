@@ -4,8 +4,8 @@ rdkit is not a dependency, so the molecules that QM9 and ``ase.build`` lack (asp
 acids, Ac-Ala3-NHMe) are written here as Z-matrices (bond length, angle, dihedral to earlier
 atoms, standard organic values) and turned into Cartesians by the natural-extension reference
 frame construction. The generators relax them with GFN2-xTB before sampling, so the rough
-Z-matrix values only need to be in the right basin; :func:`chirality` lets tests check that the
-amino acids come out as the L enantiomers.
+Z-matrix values only need to be in the right basin (tests check that the amino acids come out as
+the L enantiomers).
 """
 
 from __future__ import annotations
@@ -59,13 +59,6 @@ def zmatrix(rows) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
         pos.append(p)
         z.append(_Z[el])
     return np.array(z, dtype=np.int64), np.array(pos), names
-
-
-def chirality(positions: np.ndarray, names: dict[str, int], ca: str, n: str, c: str, cb: str) -> float:
-    """Signed volume (N-CA).[(C-CA)x(CB-CA)]: positive for an L amino acid (CORN rule)."""
-    p = positions
-    o = p[names[ca]]
-    return float(np.dot(p[names[n]] - o, np.cross(p[names[c]] - o, p[names[cb]] - o)))
 
 
 def _aspirin_rows():

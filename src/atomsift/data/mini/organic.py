@@ -25,8 +25,9 @@ import numpy as np
 
 from atomsift.data.mini.common import (
     MAX_ATTEMPTS, REJECT_DISTANCE, CalculationFailed, Sample, TaskResult, collect, fail_after, group_split,
-    hill, label, min_distance, rng_for, write_store, xtb_calculator, xtb_parameters,
+    label, min_distance, rng_for, write_store, xtb_calculator, xtb_parameters,
 )
+from atomsift.data.store import formula
 
 VERSION = "1"
 METHOD = "GFN2-xTB"
@@ -50,7 +51,7 @@ def _ani_task(payload) -> TaskResult:
     from ase import Atoms
 
     sigma_scale = np.where(z == 1, ANI_H_FACTOR, 1.0)[:, None]
-    cls = hill(z)
+    cls = formula(z)
     for c in range(k):
         for attempt in range(MAX_ATTEMPTS):
             rng = rng_for(seed, "ani1x", gdb, c, attempt)
@@ -72,7 +73,7 @@ def _ani_task(payload) -> TaskResult:
     return res
 
 
-def generate_ani1x(out, *, n: int, seed: int, pool, qm9=None, **_) -> tuple:
+def generate_ani1x(out, *, n: int, seed: int, pool, qm9=None) -> tuple:
     from atomsift.data.mini.molecules import qm9_train_molecules
 
     mols = [m for m in qm9_train_molecules(qm9) if len(m[1]) >= 4]  # ANI-1x drops formulas under 4 atoms
@@ -188,7 +189,7 @@ def _t1x_task(payload) -> TaskResult:
     res = TaskResult()
     calc = xtb_calculator(METHOD, z)
     cands = _candidates(z, pos0)
-    cls = hill(z)
+    cls = formula(z)
     for attempt in range(MAX_ATTEMPTS):
         rng = rng_for(seed, "t1x", rxn, attempt)
         # half the reactions are H transfers when the molecule allows one
@@ -218,7 +219,7 @@ def _t1x_task(payload) -> TaskResult:
     raise fail_after(item, res.skips, "transition1x-mini")
 
 
-def generate_transition1x(out, *, n: int, seed: int, pool, qm9=None, **_) -> tuple:
+def generate_transition1x(out, *, n: int, seed: int, pool, qm9=None) -> tuple:
     from atomsift.data.mini.molecules import qm9_train_molecules
 
     mols = [m for m in qm9_train_molecules(qm9) if len(m[1]) >= 4]

@@ -203,7 +203,7 @@ def _oc20_task(payload) -> TaskResult:
     return res
 
 
-def generate_oc20(out, *, n: int, seed: int, pool, metals=None, adsorbates=None, **_) -> tuple:
+def generate_oc20(out, *, n: int, seed: int, pool, metals=None, adsorbates=None) -> tuple:
     metals = list(METALS) if metals is None else parse_list(metals, METALS, "metal", "metals")
     ads = list(OC20_ADSORBATES) if adsorbates is None else parse_list(adsorbates, OC20_ADSORBATES, "adsorbate", "adsorbates")
     tasks = [(seed, a, b, metals, ads) for a, b in chunks(n, CHUNK)]
@@ -289,7 +289,7 @@ def _oc22_task(payload) -> TaskResult:
     return res
 
 
-def generate_oc22(out, *, n: int, seed: int, pool, oxides=None, adsorbates=None, **_) -> tuple:
+def generate_oc22(out, *, n: int, seed: int, pool, oxides=None, adsorbates=None) -> tuple:
     oxides = list(OXIDES) if oxides is None else parse_list(oxides, tuple(OXIDES), "oxide", "oxides")
     ads = list(OC22_ADSORBATES) if adsorbates is None else parse_list(adsorbates, OC22_ADSORBATES, "adsorbate", "adsorbates")
     relaxed = dict(zip(oxides, pool.map(_oc22_relax_slab, oxides)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from atomsift.errors import InputError
+from atomsift.errors import InputError, check_options
 
 READERS = {
     "qm9": "atomsift.data.readers.qm9",
@@ -33,15 +33,11 @@ def get_reader(name: str):
     mod = READERS.get(name)
     if mod is None:
         raise InputError(f"unknown dataset '{name}' (known: {', '.join(sorted(READERS))})", field="DATASET")
-    try:
-        return importlib.import_module(mod)
-    except ModuleNotFoundError as exc:
-        if exc.name == mod:
-            raise InputError(f"the reader for '{name}' is not available in this version", field="DATASET") from None
-        raise
+    return importlib.import_module(mod)
 
 
 def prepare(name: str, source: str | Path | None, out: str | Path, **options) -> Path:
     """Convert dataset ``name`` from ``source`` into a store at ``out``."""
     reader = get_reader(name)
+    check_options(reader.convert, options, f"dataset '{name}'", fixed=("dataset",))
     return reader.convert(source, Path(out), dataset=name, **options)

@@ -17,7 +17,6 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from ase import units as _u
-from ase.data import chemical_symbols as _SYMBOLS
 
 from atomsift.errors import InputError
 
@@ -323,16 +322,6 @@ def column(a: np.ndarray, m: int, path, field: str) -> np.ndarray:
     if a.shape != (m,):
         raise InputError(f"expected shape ({m},) or ({m}, 1), got {a.shape}", path=path, field=field)
     return a
-
-
-def hill_formula(numbers) -> str:
-    """Hill-order formula (C, H, then alphabetical; alphabetical without carbon), counts of 1 kept
-    implicit: [6, 1, 1, 1, 1] -> "CH4"."""
-    counts = np.bincount(np.asarray(numbers, dtype=np.int64), minlength=119)
-    syms = {_SYMBOLS[z]: int(c) for z, c in enumerate(counts) if c and z}
-    head = [s for s in ("C", "H") if s in syms] if "C" in syms else []
-    order = head + sorted(s for s in syms if s not in head)
-    return "".join(s if syms[s] == 1 else f"{s}{syms[s]}" for s in order)
 
 
 # ----------------------------------------------------------------------------------------- splits

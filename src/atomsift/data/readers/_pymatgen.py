@@ -17,8 +17,6 @@ element per atom.
 from __future__ import annotations
 
 import zlib
-from functools import reduce
-from math import gcd
 
 import numpy as np
 from ase.data import chemical_symbols
@@ -111,25 +109,6 @@ def parse_structure(d, *, path=None, where: str = "structure"):
     return numbers, pos, cell, pbc
 
 
-def reduced_formula(numbers) -> str:
-    """Hill formula with the counts divided by their greatest common divisor (Cu4O4 -> CuO)."""
-    counts = np.bincount(np.asarray(numbers, dtype=np.int64).reshape(-1), minlength=119)
-    nz = np.flatnonzero(counts)
-    key = nz.tobytes() + counts[nz].tobytes()
-    f = _FORMULAS.get(key)
-    if f is None:
-        g = reduce(gcd, (int(c) for c in counts if c), 0) or 1
-        red = counts // g
-        syms = {chemical_symbols[z]: int(c) for z, c in enumerate(red) if c and z}
-        first = [s for s in ("C", "H") if s in syms] if "C" in syms else []
-        order = first + sorted(s for s in syms if s not in first)
-        f = "".join(s if syms[s] == 1 else f"{s}{syms[s]}" for s in order)
-        if len(_FORMULAS) < 200_000:  # bounded: keys are a few tens of bytes
-            _FORMULAS[key] = f
-    return f
-
-
-_FORMULAS: dict[bytes, str] = {}  # composition -> formula (datasets repeat compositions)
 
 
 # ------------------------------------------------------------------------------- JSON streaming

@@ -36,7 +36,6 @@ from atomsift.errors import InputError
 NAME = "ani1x"
 VERSION = "1"
 DEFAULT_ENERGY_KEY = "wb97x_dz.energy"
-DEFAULT_FORCES_KEY = "wb97x_dz.forces"
 MIN_ATOMS = 4
 SPLIT_FRACTION = 0.1
 LEVELS = {
@@ -61,7 +60,7 @@ def _forces_key(f, first, energy_key: str, forces_key: str | None) -> str | None
 
 
 def convert(source, out: Path, *, dataset: str = NAME, subset=None, energy_key: str | None = None,
-            forces_key: str | None = None, seed: int | None = None, limit: int | None = None, **_ignored) -> Path:
+            forces_key: str | None = None, seed: int | None = None, limit: int | None = None) -> Path:
     """Write the ANI-1x store at ``out`` from ``ani1x-release.h5`` (or a directory holding it)."""
     import h5py
 

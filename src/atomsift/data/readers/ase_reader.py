@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from atomsift.data.readers._common import fraction_split, one_line, shuffled
-from atomsift.data.store import StoreWriter
+from atomsift.data.store import StoreWriter, formula
 from atomsift.errors import InputError
 
 NAME = "ase"
@@ -226,7 +226,6 @@ def convert(
     class_key: str | None = None,
     seed: int | None = None,
     limit: int | None = None,
-    **_ignored,
 ) -> Path:
     """Write the store at ``out`` from the ASE-readable file ``source``."""
     if source is None:
@@ -287,7 +286,7 @@ def convert(
                     raise err(i, class_key, "class key missing from info")
                 cls = str(atoms.info[class_key])
             else:
-                cls = atoms.get_chemical_formula(mode="hill")
+                cls = formula(atoms.numbers)
             w.add(
                 atoms.numbers, atoms.positions, cell=atoms.cell.array, pbc=atoms.pbc, energy=e, forces=f,
                 tags=atoms.get_tags(), fixed=_fixed(atoms), cls=cls,

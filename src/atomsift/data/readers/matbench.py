@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from atomsift.data.readers._common import shuffled, source_path
-from atomsift.data.readers._pymatgen import JsonStream, parse_structure, reduced_formula
-from atomsift.data.store import StoreWriter
+from atomsift.data.readers._pymatgen import JsonStream, parse_structure
+from atomsift.data.store import StoreWriter, formula
 from atomsift.errors import InputError
 
 NAME = "matbench"
-VERSION = "1"
+VERSION = "2"  # 2: formula class labels in ASE's Hill order (H second also without carbon)
 N_FOLDS = 5
 FOLD_SEED = 18012019
 SPLIT_SEED = 42
@@ -149,7 +149,7 @@ def _open_text(path: Path):
 
 
 def convert(source, out: Path, *, dataset: str = "matbench", subset: str | None = None, fold: int | None = None,
-            seed: int | None = None, limit: int | None = None, **_ignored) -> Path:
+            seed: int | None = None, limit: int | None = None) -> Path:
     src = source_path(source, what="matbench_<task>.json.gz file")
     path = _resolve(src, subset)
     task = _task_of(path, subset)
@@ -177,7 +177,7 @@ def convert(source, out: Path, *, dataset: str = "matbench", subset: str | None 
             if isinstance(y, bool) or not isinstance(y, (int, float)) or not np.isfinite(y):
                 raise InputError(f"{where}: target {y!r} is not a finite number", path=path, field=target)
             z, pos, cell, pbc = parse_structure(row[cs], path=path, where=where)
-            w.add(z, pos, cell=cell, pbc=pbc, targets=[float(y)], cls=reduced_formula(z), sid=i, where=where)
+            w.add(z, pos, cell=cell, pbc=pbc, targets=[float(y)], cls=formula(z, reduced=True), sid=i, where=where)
             values.append(float(y))
 
     def check_columns(cols):

@@ -41,12 +41,11 @@ import numpy as np
 
 from atomsift import safeload
 from atomsift.data.readers._common import one_line, shuffled, source_path
-from atomsift.data.readers._pymatgen import reduced_formula
-from atomsift.data.store import StoreWriter
+from atomsift.data.store import StoreWriter, formula
 from atomsift.errors import InputError
 
 NAME = "oc"
-VERSION = "1"
+VERSION = "2"  # 2: formula class labels in ASE's Hill order (H second also without carbon)
 LEVEL_OF_THEORY = {"oc20": "RPBE (VASP), OC20", "oc22": "PBE+U (VASP), OC22"}
 SPLIT_SEED = 42
 VAL_FRACTION = 0.05
@@ -476,11 +475,11 @@ def _class(rec, bulk: dict | None, counters: dict) -> str:
         keep = tags != 2
         if keep.any():
             z = z[keep]
-    return reduced_formula(z)
+    return formula(z, reduced=True)
 
 
 def convert(source, out: Path, *, dataset: str = "oc20", metadata=None, ref_energies=None, total_energy: bool = False,
-            seed: int | None = None, limit: int | None = None, **_ignored) -> Path:
+            seed: int | None = None, limit: int | None = None) -> Path:
     src = source_path(source, what="OC20/OC22 LMDB or S2EF extxyz file or folder")
     if dataset not in LEVEL_OF_THEORY:
         raise InputError(f"the oc reader converts oc20 or oc22, not '{dataset}'", field="DATASET")

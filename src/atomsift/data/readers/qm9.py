@@ -10,20 +10,19 @@ Sources:
 Targets (the 12 standard properties), energies converted from Hartree to eV: mu (D), alpha
 (bohr^3), homo, lumo, gap (eV), r2 (bohr^2), zpve, U0, U, H, G (eV), Cv (cal/mol/K). The store's
 ``energy`` field is U0 in eV. Split as JMP: a permutation seeded with 42; the first 10,000 are
-validation, the next 10,000 test, the rest train. Class label: the stoichiometry (Hill formula).
+validation, the next 10,000 test, the rest train. Class label: the stoichiometry (formula in Hill order).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import io
 import re
 import tarfile
 from pathlib import Path
 
 import numpy as np
 
-from atomsift.data.store import StoreWriter
+from atomsift.data.store import StoreWriter, formula
 from atomsift.errors import InputError
 
 NAME = "qm9"
@@ -65,28 +64,13 @@ def jmp_split(n: int, seed: int = SPLIT_SEED, n_val: int = N_VAL, n_test: int = 
     return {"val": np.sort(perm[:n_val]), "test": np.sort(perm[n_val:n_val + n_test]), "train": np.sort(perm[n_val + n_test:])}
 
 
-def _hill(numbers: np.ndarray) -> str:
-    return _hill_counts(np.bincount(numbers, minlength=10))
-
-
-def _hill_labels(numbers: np.ndarray, natoms: np.ndarray) -> list[str]:
-    """The Hill formula of each molecule of a concatenated block (one formatting per stoichiometry)."""
+def _formulas(numbers: np.ndarray, natoms: np.ndarray) -> list[str]:
+    """The formula of each molecule of a concatenated block (one formatting per stoichiometry)."""
     counts = np.zeros((natoms.size, 10), dtype=np.int64)
     np.add.at(counts, (np.repeat(np.arange(natoms.size), natoms), numbers), 1)
     uniq, inv = np.unique(counts, axis=0, return_inverse=True)
-    labels = [_hill_counts(u) for u in uniq]
+    labels = [formula(np.repeat(np.arange(10), u)) for u in uniq]
     return [labels[k] for k in inv.reshape(-1)]
-
-
-def _hill_counts(counts: np.ndarray) -> str:
-    parts = []
-    # Hill order: C, H, then alphabetical; without carbon everything alphabetical
-    order = (("C", 6), ("H", 1), ("F", 9), ("N", 7), ("O", 8)) if counts[6] else (("F", 9), ("H", 1), ("N", 7), ("O", 8))
-    for sym, z in order:
-        c = int(counts[z])
-        if c:
-            parts.append(sym if c == 1 else f"{sym}{c}")
-    return "".join(parts)
 
 
 def read_qm9pack(data_dir: Path, limit: int | None = None):
@@ -182,7 +166,7 @@ def read_xyz_release(source: Path, limit: int | None = None):
     yield from items
 
 
-def convert(source, out: Path, *, dataset: str = "qm9", seed: int | None = None, limit: int | None = None, **_ignored) -> Path:
+def convert(source, out: Path, *, dataset: str = "qm9", seed: int | None = None, limit: int | None = None) -> Path:
     """Write the QM9 store at ``out`` from qm9pack (``source`` None) or the xyz release."""
     src = qm9pack_dir() if source is None else Path(source)
     if not src.exists():
@@ -199,7 +183,7 @@ def convert(source, out: Path, *, dataset: str = "qm9", seed: int | None = None,
             index, numbers, pos, natoms, tvals = qm9pack_arrays(src, limit)
             tvals = tvals * factors
             offsets = np.concatenate([[0], np.cumsum(natoms)])
-            labels = _hill_labels(numbers, natoms)
+            labels = _formulas(numbers, natoms)
             block = 8192
             for s in range(0, natoms.size, block):
                 e = min(s + block, natoms.size)
@@ -210,7 +194,7 @@ def convert(source, out: Path, *, dataset: str = "qm9", seed: int | None = None,
         else:
             for gdb, z, pos, t in read_xyz_release(src, limit):
                 tv = t * factors
-                w.add(z, pos, energy=tv[TARGETS.index("U0")], targets=tv, cls=_hill(z), sid=gdb, where=f"molecule gdb {gdb}")
+                w.add(z, pos, energy=tv[TARGETS.index("U0")], targets=tv, cls=formula(z), sid=gdb, where=f"molecule gdb {gdb}")
         for name, idx in jmp_split(w.n_structures, SPLIT_SEED if seed is None else seed).items():
             w.set_split(name, idx)
     return out

@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from atomsift.data.readers._common import fraction_split, source_path
-from atomsift.data.readers._pymatgen import JsonStream, parse_structure, reduced_formula
-from atomsift.data.store import StoreWriter
+from atomsift.data.readers._pymatgen import JsonStream, parse_structure
+from atomsift.data.store import StoreWriter, formula
 from atomsift.errors import InputError
 
 NAME = "qmof"
-VERSION = "1"
+VERSION = "2"  # 2: formula class labels in ASE's Hill order (H second also without carbon)
 LEVEL_OF_THEORY = "PBE-D3(BJ), VASP (QMOF)"
 TARGETS = ["bandgap"]
 TARGET_UNITS = {"bandgap": "eV"}
@@ -117,7 +117,7 @@ def _gaps(stream: JsonStream, label: str) -> dict[str, float]:
     return gaps
 
 
-def convert(source, out: Path, *, dataset: str = "qmof", seed: int | None = None, limit: int | None = None, **_ignored) -> Path:
+def convert(source, out: Path, *, dataset: str = "qmof", seed: int | None = None, limit: int | None = None) -> Path:
     src = source_path(source, what="QMOF release folder (qmof_database/) or its zip")
     split_seed = SPLIT_SEED if seed is None else seed
     with _open_texts(src) as ((f_sys, f_struct), (lab_sys, lab_struct)):
@@ -143,7 +143,7 @@ def convert(source, out: Path, *, dataset: str = "qmof", seed: int | None = None
                 if "structure" not in entry:
                     raise InputError(f"entry {j} ({qid}): missing key", path=lab_struct, field="structure")
                 z, pos, cell, pbc = parse_structure(entry["structure"], path=lab_struct, where=f"entry {j} ({qid})")
-                w.add(z, pos, cell=cell, pbc=pbc, targets=[gaps[qid]], cls=reduced_formula(z), sid=_sid(qid, j),
+                w.add(z, pos, cell=cell, pbc=pbc, targets=[gaps[qid]], cls=formula(z, reduced=True), sid=_sid(qid, j),
                       where=f"entry {j} ({qid})")
                 seen += 1
             else:

@@ -66,7 +66,7 @@ def find_npz(src: Path, subset: str | None) -> tuple[Path, str]:
 
 
 def convert(source, out: Path, *, dataset: str = NAME, subset: str | None = None, energy_key=None, forces_key=None,
-            seed: int | None = None, limit: int | None = None, **_ignored) -> Path:
+            seed: int | None = None, limit: int | None = None) -> Path:
     """Write the rMD17 store of one molecule at ``out``."""
     path, mol = find_npz(C.source_path(source, what="rmd17_<molecule>.npz or its directory"), subset)
     seed = C.DEFAULT_SEED if seed is None else seed

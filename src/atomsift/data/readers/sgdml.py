@@ -77,7 +77,7 @@ def find_npz(src: Path, family: str, subset: str | None) -> tuple[Path, str]:
 
 
 def convert(source, out: Path, *, dataset: str = "md22", subset: str | None = None, energy_key=None, forces_key=None,
-            seed: int | None = None, limit: int | None = None, **_ignored) -> Path:
+            seed: int | None = None, limit: int | None = None) -> Path:
     """Write the store of one MD22 / MD17 molecule at ``out``."""
     family = _family(dataset)
     path, mol = find_npz(C.source_path(source, what=f"{family}_<molecule>.npz or its directory"), family, subset)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
 from atomsift.data.readers import _common as C
 from atomsift.data.store import StoreWriter
@@ -64,7 +63,7 @@ def _check_units(g, path, name: str) -> None:
 
 
 def convert(source, out: Path, *, dataset: str = NAME, subset: str | None = None, energy_key=None, forces_key=None,
-            seed: int | None = None, limit: int | None = None, **_ignored) -> Path:
+            seed: int | None = None, limit: int | None = None) -> Path:
     """Write the SPICE store at ``out``, optionally only the molecules of one SPICE subset."""
     import h5py
 

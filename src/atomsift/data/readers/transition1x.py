@@ -51,7 +51,7 @@ def _rxn_number(name: str, path, field: str) -> int:
 
 
 def convert(source, out: Path, *, dataset: str = NAME, subset=None, energy_key: str | None = None,
-            forces_key: str | None = None, seed: int | None = None, limit: int | None = None, **_ignored) -> Path:
+            forces_key: str | None = None, seed: int | None = None, limit: int | None = None) -> Path:
     """Write the Transition-1x store at ``out`` from ``transition1x-release.h5`` (or its directory)."""
     import h5py
 

@@ -22,10 +22,10 @@ import hashlib
 import re
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from atomsift.data.batch import cast
 from atomsift.errors import InputError
 from atomsift.models.equiformer_v2 import so3
 from atomsift.models.equiformer_v2.model import CONFIGS, EquiformerV2Backbone, EquiformerV2Config
@@ -125,7 +125,7 @@ class EquiformerV2Extractor:
                              "for it (the paper skips such structures)", field="numbers")
         dtype = next(self.model.parameters()).dtype
         device = next(self.model.parameters()).device
-        b = batch.to(device=device, dtype=dtype)
+        b = cast(batch.to(device), dtype)
         g = eqv2_graph(b, self.model.config, edge_dropout, generator)
         vec = edge_vectors(b.pos, b.cell, b.batch, g.edge_index, g.cell_offset)
         x = self.model(b.numbers, g.edge_index, vec, roll)

@@ -1,4 +1,5 @@
-"""Small synthetic stores with exact labels, for tests and benchmarks of the training loop.
+"""Small synthetic stores with exact labels and a cheap stand-in model, for the tests and
+benchmarks of the training loop (bench/ puts this folder on sys.path).
 
 Molecules of a few H/C/N/O atoms at random non-overlapping positions; energy = sum_i c[Z_i] +
 a Morse pair energy, forces = its exact negative gradient. The per-element constants ``coeff``
@@ -153,6 +154,14 @@ def _toy_model_classes():
 
         def model_config(self) -> dict:
             return {"size": "toy", "backbone": None, "heads": {k: h.kind for k, h in self.heads.items()}}
+
+        def block_index(self, name: str) -> int | None:
+            """GemNetModel's layer-wise LR groups: -1 embedding, i for backbone.int_blocks.i."""
+            if name.startswith("embedding."):
+                return -1
+            if name.startswith("backbone.int_blocks."):
+                return int(name.split(".")[2])
+            return None
 
         def parameter_groups(self):
             return {"embedding": list(self.embedding.parameters()), "backbone": list(self.backbone.parameters()),
