@@ -16,11 +16,11 @@ from atomsift.data.graphs import (
     edge_geometry,
     graph_settings,
     mixed_triplets,
+    quadruplets,
     radius_graph,
     triplets,
 )
 from atomsift.data.store import Record
-from atomsift.data.graphs import quadruplets
 from atomsift.models.bases import circular_basis
 from atomsift.models.layers import segment_sum
 
@@ -72,17 +72,9 @@ def _brute_edges(recs, cutoff, reps=4):
     return edges
 
 
-def _edge_set(g):
-    s, t = g.edge_index
-    return {(int(a), int(b)) + tuple(int(x) for x in o) for a, b, o in zip(s, t, g.cell_offset)}
-
-
-@pytest.mark.parametrize("kind", ["molecules", "crystals"])
-
 def dihedral_sum_bruteforce(V_m: Tensor, V_q: Tensor, main, qint, x_tin: Tensor, n_atoms: int, L: int) -> Tensor:
     """Reference for :func:`dihedral_sum`: enumerate the quadruplets (JMP ``get_quadruplets``) and
     use JMP's dihedral formula on each."""
-
     Q = quadruplets(main, qint, n_atoms)
     tin, tout = Q.triplet_in, Q.triplet_out
     V_ca = V_m[Q.out]
@@ -96,6 +88,13 @@ def dihedral_sum_bruteforce(V_m: Tensor, V_q: Tensor, main, qint, x_tin: Tensor,
     Y = circular_basis(x / torch.sqrt(x * x + y * y), L)
     return segment_sum(Y[:, :, None] * x_tin[Q.trip_in_to_quad][:, None, :], Q.trip_out_to_quad, tout.out.numel())
 
+
+def _edge_set(g):
+    s, t = g.edge_index
+    return {(int(a), int(b)) + tuple(int(x) for x in o) for a, b, o in zip(s, t, g.cell_offset)}
+
+
+@pytest.mark.parametrize("kind", ["molecules", "crystals"])
 def test_radius_graph_matches_brute_force(kind):
     recs = _molecules() if kind == "molecules" else _crystals()
     b = collate(recs, dtype=torch.float64)
