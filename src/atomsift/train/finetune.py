@@ -241,6 +241,9 @@ def run_finetune(cfg: FinetuneConfig, out: str | Path, pretrained: str | None, *
 
     unit_name, factor = report_unit(r, target, store.manifest.get("units", {}).get("targets", {}).get(target) if target else None)
     from atomsift.train.checkpointing import save_model
+    from atomsift.train.trivial import trivial_mae
+
+    trivial, trivial_kind = trivial_mae(store, splits, r.kind, target)  # same test structures: the learning ratio's floor
 
     meta = {"stage": "finetune", "task": cfg.task, "target": target, "config": to_dict(cfg), "tested_weights": tested,
             "normalization": vars(norm), "pretrained": pre_info}
@@ -260,6 +263,8 @@ def run_finetune(cfg: FinetuneConfig, out: str | Path, pretrained: str | None, *
         "test_mae": res["mae"] * factor,
         "test_mae_store_unit": res["mae"],
         "test_n": int(res["n"]),
+        "trivial_test_mae": trivial * factor,
+        "trivial_predictor": trivial_kind,
         "tested_weights": tested,
         "test_weights": cfg.test_weights,
         "pretrained": pre_info.get("path") or "none",
