@@ -216,8 +216,14 @@ def test_moments_select_table_figure_end_to_end(small_store, tmp_path, fake_extr
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
     assert res["downstream"] == "mine" and [r["upstream"] for r in res["ranking"]] in (["A", "B"], ["B", "A"])
-    assert res["ranking"][0]["csi"] <= res["ranking"][1]["csi"]
-    assert res["recommendation"].startswith(f"pretrain on {res['ranking'][0]['upstream']}")
+    # ranked by the corrected value; A and B are samples of one store: their intervals overlap, a tie
+    assert res["ranking"][0]["csi_corrected"] <= res["ranking"][1]["csi_corrected"]
+    for r in res["ranking"]:
+        lo, hi = r["interval"]
+        assert 0 <= lo <= r["csi_corrected"] <= hi
+        assert r["blocks"][0] >= 2 and r["blocks"][1] == min(res["n_structures"], 20)  # one structure per block
+    assert res["tie"] and res["lowest"] == [r["upstream"] for r in res["ranking"]]
+    assert res["recommendation"].startswith("tie between ") and "do" in res["recommendation"]
     # the ranking equals CSI computed from the saved downstream moments
     d = load_moments(tmp_path / "mine.npz")[0]
     for r in res["ranking"]:

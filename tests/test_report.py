@@ -149,15 +149,17 @@ def test_spearman_against_the_rank_difference_formula():
     assert math.isnan(report.spearman([1, 1, 1], [1, 2, 3])) and math.isnan(report.spearman([1], [2]))
 
 
-def _csi_table(path: Path, values: dict, extractor="jmp-s", sampling="balanced", agg="flat", tasks=()):
+def _csi_table(path: Path, values: dict, extractor="jmp-s", sampling="balanced", agg="flat", tasks=(), half=0.1):
+    """A CSI table: plug-in value v + 1 (biased up), corrected v, interval v +- half (se half/2)."""
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["extractor", "sampling", "agg", "upstream", "downstream", "csi", "seed"])
+        w.writerow(["extractor", "sampling", "agg", "upstream", "downstream", "csi", "seed",
+                    "csi_corrected", "csi_low", "csi_high", "csi_se", "blocks_up", "blocks_down"])
         for t in tasks:
             for u, v in values.items():
-                w.writerow([extractor, sampling, agg, u, t, v, 0])
+                w.writerow([extractor, sampling, agg, u, t, v + 1, 0, v, v - half, v + half, half / 2, 20, 20])
                 # a row of another aggregation that must be ignored
-                w.writerow([extractor, sampling, "mean", u, t, 1000 - v, 0])
+                w.writerow([extractor, sampling, "mean", u, t, 1000 - v, 0, 999 - v, 998 - v, 1000 - v, 0.5, 20, 20])
 
 
 def test_fig1_picks_the_lowest_csi_upstream_and_the_compute_ratio(tmp_path):
@@ -204,10 +206,17 @@ def test_report_states_the_verdict_spearman_and_published_numbers(tmp_path):
         (tmp_path / r["metrics"]).write_text(json.dumps({"structures_seen": {"ani1x": 7}}))
         r["metrics"] = str(tmp_path / r["metrics"])
     text = report.build_report(spec)
-    assert "**The lowest-CSI upstream gave the lowest finetuned MAE on 7 of 7 task(s).**" in text
-    # Spearman over 4 upstreams with one swapped pair: 1 - 6*2/(4*15) = 0.8
-    assert "| rMD17 | ANI-1x | ANI-1x | yes | 0.80 | 3/3, " in text
+    assert "**The lowest-CSI upstream gave the lowest finetuned MAE on 7 of 7 task(s); it did not on 0; " in text
+    # Spearman over 4 upstreams with one swapped pair: 1 - 6*2/(4*15) = 0.8; the seeds' offsets are
+    # shared by every upstream and no two CSI intervals overlap, so every bootstrap draw keeps both
+    # orders: the interval is [0.8, 0.8]; lowest-CSI ANI-1x vs none: -7 on every seed
+    assert "| rMD17 | ANI-1x | ANI-1x | yes | 0.80 [0.80, 0.80] | -7.00 [-7.00, -7.00] meV/Å (better, 3/3 seeds) |" in text
     assert "CSI ANI-1x < Transition-1x < OC22 < OC20, MAE ANI-1x < Transition-1x < OC20 < OC22" in text
+    # each CSI with its interval, beside the plug-in value
+    assert "| rMD17 | ANI-1x | 2.00 | 1.00 [0.900, 1.10] | 5.00 ± 1.00 meV/Å | lowest |" in text
+    assert "| rMD17 | Transition-1x | 3.00 | 2.00 [1.90, 2.10] | 10.0 ± 1.00 meV/Å | +5.00 [5.00, 5.00] |" in text
+    # table cells: paired difference to no pretraining with its interval and verdict
+    assert "| ANI-1x | N=2M, E=5 | small | 5.00 ± 1.00 | -7.00 [-7.00, -7.00] (-58 %) | better (3/3 seeds lower) |" in text
     # ours beside the paper's: Table 2's 3M block of OC22 on SPICE is 11.00 in the paper
     line = next(ln for ln in text.splitlines() if ln.startswith("| OC22 | N=3M, E=5 | small |"))
     assert "| 11.0 |" in line
@@ -215,6 +224,125 @@ def test_report_states_the_verdict_spearman_and_published_numbers(tmp_path):
     assert "reproduce: `snakemake --cores all --configfile workflow/configs/paper.yaml`" in text
     assert re.search(r"packages: atomsift \S+, torch \S+", text)
     assert "| ANI-1x | N=2M, E=5 | small | 10,000,000 | 7 | – |" in text
+
+
+def _embedded_report_spec(tmp_path: Path, csi_values: dict, mae, half: float = 0.1, trivial=None) -> dict:
+    """The embedded grid's report spec with metrics (MAE ``mae(cell)``, trivial MAE ``trivial(cell)``)
+    and a CSI table of ``csi_values`` (corrected values, intervals +- half) for the ID and OOD tasks."""
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    spec = G.report_spec(config, "snakemake --cores all", "config.yaml")
+    csi_path = tmp_path / "csi.csv"
+    spec["csi"]["selection"]["table"] = str(csi_path)
+    spec["csi"].pop("untrained", None)
+    _csi_table(csi_path, csi_values, extractor="random-tiny-0", tasks=list(config["tasks"]), half=half)
+
+    def write(cells):
+        out = []
+        for c in cells:
+            path = tmp_path / c["metrics"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            m = {"test_mae": mae(c)}
+            if trivial is not None:
+                m["trivial_test_mae"] = trivial(c)
+            path.write_text(json.dumps(m))
+            out.append({**c, "metrics": str(path)})
+        return out
+
+    for t in spec["tables"].values():
+        t["spec"]["cells"] = write(t["spec"]["cells"])
+    spec["cells"] = write(spec["cells"])
+    return spec
+
+
+def test_report_calls_overlapping_csi_intervals_a_tie(tmp_path):
+    """ANI-1x 1.0 [0.9, 1.1] and Transition-1x 1.15 [1.05, 1.25] overlap: CSI does not separate
+    them, so the verdict is unresolved although ANI-1x has the lowest MAE."""
+    spec = _embedded_report_spec(tmp_path, {"ani1x": 1.0, "transition1x": 1.15, "oc20": 40.0, "oc22": 30.0},
+                                 lambda c: synthetic({**c, "seed": c["seed"] % 3}))
+    text = report.build_report(spec)
+    line = next(ln for ln in text.splitlines() if ln.startswith("| rMD17 | ANI-1x (tie: "))
+    assert line.startswith("| rMD17 | ANI-1x (tie: ANI-1x, Transition-1x) | ANI-1x | unresolved |")
+    assert "it did not on 0; on 2 the intervals do not decide.**" in text
+
+
+def test_report_prints_the_learning_ratio_per_column(tmp_path):
+    def mae(c):
+        return 600.0 + 10 * c["seed"] if c["upstream"] == "none" else 500.0
+
+    spec = _embedded_report_spec(tmp_path, {"ani1x": 1.0, "transition1x": 2.0, "oc20": 40.0, "oc22": 30.0}, mae,
+                                 trivial=lambda c: 800.0 if c["task"] == "rmd17" else 1000.0)
+    text = report.build_report(spec)
+    # rMD17: (600/800 + 610/800) / 2 = 0.756; QM9 gap: (600 + 610) / 2 / 1000
+    assert "| rMD17 | tiny | 605 ± 7.07 meV/Å | 800 meV/Å | 0.76 ± 0.01 | no |" in text
+    assert "| QM9 Δε | tiny | 605 ± 7.07 meV | 1000 meV | 0.60 ± 0.01 | no |" in text
+
+
+def _store(path: Path, numbers: list[list[int]], dataset: str) -> Path:
+    import numpy as np
+
+    from atomsift.data.store import StoreWriter
+
+    with StoreWriter(path, dataset=dataset, reader="test") as w:
+        for z in numbers:
+            w.add(np.array(z), np.arange(3 * len(z), dtype=float).reshape(-1, 3) * 1.5)
+    return path
+
+
+def test_composition_overlap_is_weighted_jaccard(tmp_path):
+    from atomsift.report import stats as S
+
+    a = S.composition(_store(tmp_path / "a", [[6, 1, 1, 1, 1], [8, 1, 1]], "ani1x"))  # C1 H6 O1
+    assert a == pytest.approx({6: 1 / 8, 1: 6 / 8, 8: 1 / 8})
+    b = S.composition(_store(tmp_path / "b", [[29, 29, 29, 8]], "oc20"))  # Cu3 O
+    assert S.composition_overlap(a, a) == 1.0
+    # min: O 1/8; max: C 1/8 + H 6/8 + O 1/4 + Cu 3/4
+    assert S.composition_overlap(a, b) == pytest.approx((1 / 8) / (1 / 8 + 6 / 8 + 1 / 4 + 3 / 4))
+    assert S.composition_overlap(a, {79: 1.0}) == 0.0
+
+
+def test_spearman_rows_match_scipy_and_intervals_compare_predictors():
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    from atomsift.report import stats as S
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 4, size=(50, 5)).astype(float), rng.normal(size=(50, 5))
+    got = S.spearman_rows(x, y)
+    for i in range(50):
+        ref = spearmanr(x[i], y[i]).statistic
+        assert (math.isnan(got[i]) and math.isnan(ref)) or got[i] == pytest.approx(ref, abs=1e-12)
+    # MAEs ordered a < b < c < d with seed noise far below the gaps: a predictor in the same order
+    # has rho 1 with a degenerate interval; the reversed one -1; the difference is resolved
+    maes = {u: {s: base + 0.01 * s for s in range(5)} for u, base in zip("abcd", (1.0, 2.0, 3.0, 4.0))}
+    res = S.spearman_intervals(maes, {"CSI": {u: (v, 0.0) for u, v in zip("abcd", (1, 2, 3, 4))},
+                                      "rev": {u: (v, 0.0) for u, v in zip("abcd", (4, 3, 2, 1))}}, reference="CSI")
+    assert res["rho"]["CSI"] == {"rho": 1.0, "low": 1.0, "high": 1.0, "draws_used": 2000}
+    assert res["rho"]["rev"]["rho"] == -1.0
+    assert res["difference"]["rev"]["verdict"] == "better" and res["difference"]["rev"]["low"] == 2.0
+    # two predictors whose values are pure noise (se >> gaps) are not resolved from each other
+    noisy = S.spearman_intervals(maes, {"CSI": {u: (v, 50.0) for u, v in zip("abcd", (1, 2, 3, 4))},
+                                        "other": {u: (v, 50.0) for u, v in zip("abcd", (1, 2, 3, 4))}}, reference="CSI")
+    assert noisy["difference"]["other"]["verdict"] == "unresolved"
+    assert noisy["rho"]["CSI"]["low"] < 0 < noisy["rho"]["CSI"]["high"]
+
+
+def test_paired_difference_t_interval():
+    from scipy import stats
+
+    from atomsift.report import stats as S
+
+    cell = {0: 10.0, 1: 12.0, 2: 11.0, 3: 9.0, 4: 10.5}
+    base = {0: 12.0, 1: 13.0, 2: 13.5, 3: 10.0, 4: 12.0, 5: 99.0}  # seed 5 unpaired: ignored
+    d = S.paired_difference(cell, base)
+    diffs = [-2.0, -1.0, -2.5, -1.0, -1.5]
+    m, sd = sum(diffs) / 5, float(__import__("numpy").std(diffs, ddof=1))
+    half = stats.t.ppf(0.975, 4) * sd / math.sqrt(5)
+    assert d["n"] == 5 and d["mean"] == pytest.approx(m) and d["low"] == pytest.approx(m - half)
+    assert d["verdict"] == "better" and d["wins"] == 5
+    assert S.paired_difference({0: 1.0, 1: 3.0}, {0: 2.0, 1: 2.0})["verdict"] == "unresolved"
+    one = S.paired_difference({0: 1.0}, {0: 2.0})
+    assert one["low"] is None and one["verdict"] == "unresolved"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -339,6 +339,10 @@ def test_finetune_qm9_metrics_in_mev(tmp_path):
     assert m["test_mae"] == pytest.approx(1000 * mae_ev, rel=1e-4)
     assert m["test_mae_store_unit"] == pytest.approx(mae_ev, rel=1e-4)
     assert len(m["val_curve"]) == 2 and m["tested_weights"] == "final_ema"
+    # the trivial predictor on the same test molecules: the training split's mean gap
+    train_gap = np.array([st.record(int(g)).targets["gap"] for g in st.split("train")])
+    assert m["trivial_predictor"] == "training mean"
+    assert m["trivial_test_mae"] == pytest.approx(1000 * float((gap.numpy() - train_gap.mean()).__abs__().mean()), rel=1e-9)
 
 
 def test_finetune_forces_in_mev_per_angstrom(stores, tmp_path):
@@ -362,6 +366,10 @@ def test_finetune_forces_in_mev_per_angstrom(stores, tmp_path):
         mae = float((f - torch.as_tensor(np.asarray(st.array("forces"))[np.concatenate(
             [np.arange(st.offsets[g], st.offsets[g + 1]) for g in test])])).abs().mean())
         assert m["test_mae"] == pytest.approx(1000 * mae, rel=1e-4)
+        # zero force on the same test atoms: the mean absolute force component
+        f_test = np.concatenate([st.record(int(g)).forces for g in test])
+        assert m["trivial_predictor"] == "zero force"
+        assert m["trivial_test_mae"] == pytest.approx(1000 * float(np.abs(f_test).mean()), rel=1e-9)
 
 
 def test_transfer_backbone_from_a_pretrained_checkpoint(tmp_path):

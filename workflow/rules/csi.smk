@@ -13,6 +13,7 @@ rule moments:
         spec=lambda w: G.extractor_spec(config, w.extractor),
         n=config["csi"]["n"],
         seed=config["csi"].get("seed", 0),
+        blocks=config["csi"].get("blocks", 20),
     log:
         f"{LOGS}/moments/{{extractor}}/{{dataset}}/{{sampling}}-{{agg}}.log",
     benchmark:
@@ -26,7 +27,7 @@ rule moments:
     shell:
         "OMP_NUM_THREADS={threads} atomsift moments --store {input.store} --extractor {params.spec} "
         "--sampling {wildcards.sampling} --n {params.n} --seed {params.seed} --agg {wildcards.agg} "
-        "--out {output} > {log} 2>&1"
+        "--blocks {params.blocks} --out {output} > {log} 2>&1"
 
 
 rule csi_part:

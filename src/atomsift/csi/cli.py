@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+DEFAULT_BLOCKS = 20  # blocks of structures per moments file (docs/csi.md: the CSI estimator)
+
 
 def register(sub) -> None:
     p = sub.add_parser("moments", help="stream feature moments (count, mean, covariance) of a store sample",
@@ -28,6 +30,9 @@ def register(sub) -> None:
                    help="skip structures with fewer atoms before sampling (the official downstream extraction uses 4)")
     p.add_argument("--shard", metavar="I/K", help="only the I-th of K equal slices of the sample (0-based); "
                                                 "combine the K files with atomsift moments-merge")
+    p.add_argument("--blocks", type=int, default=DEFAULT_BLOCKS,
+                   help=f"also keep the moments of this many random blocks of structures, for CSI error bars "
+                        f"(default {DEFAULT_BLOCKS}; 1 = none; memory and file size grow as blocks x d^2)")
     p.add_argument("--out", required=True, help="moments file to write (.npz)")
     p.add_argument("--json", action="store_true", help="print the sidecar as JSON")
     p.set_defaults(func=_moments)
@@ -103,6 +108,16 @@ def _positive(value: int, name: str) -> None:
         raise InputError(f"must be positive, got {value}", field=name)
 
 
+MAX_BLOCKS = 1000
+
+
+def _blocks(value: int) -> None:
+    from atomsift.errors import InputError
+
+    if not 1 <= value <= MAX_BLOCKS:
+        raise InputError(f"must be in 1..{MAX_BLOCKS}, got {value}", field="--blocks")
+
+
 def _sample_size(value: int, name: str = "--n") -> None:
     """A positive sample size below :data:`atomsift.csi.sampling.MAX_SAMPLE` (bounded before the
     samplers allocate index arrays of that length)."""
@@ -127,21 +142,25 @@ def _moments(args) -> int:
     from atomsift import __version__
     from atomsift.errors import InputError
     from atomsift.fsio import print_json
-    from atomsift.csi.moments import compute_moments, save_moments
+    from atomsift.csi.moments import assign_blocks, compute_moments, save_moments
     from atomsift.csi.sampling import sample_store
     from atomsift.data.store import Store
     from atomsift.models.checkpoint import load_extractor
 
     _sample_size(args.n)
     _positive(args.batch_size, "--batch-size")
+    _blocks(args.blocks)
     _output(args.out)
     store = Store(args.store)
     split = args.split if (store.split_names() or args.split != "train") else None
     idx = sample_store(store, args.sampling, args.n, args.seed, split=split, min_atoms=args.min_atoms)
     n_sample, n_unique = int(idx.size), int(np.unique(idx).size)
+    blocks = assign_blocks(idx, args.blocks, args.seed) if args.blocks > 1 else None
     shard = _parse_shard(args.shard) if args.shard else None
     if shard:
         idx = np.array_split(idx, shard[1])[shard[0]]
+        if blocks is not None:
+            blocks = np.array_split(blocks, shard[1])[shard[0]]
         if idx.size == 0:
             raise InputError(f"shard {args.shard} of a {n_sample}-structure sample is empty", field="--shard")
     ex = on_device(load_extractor(args.extractor), args.device)
@@ -150,7 +169,8 @@ def _moments(args) -> int:
 
         torch.manual_seed(args.seed)  # the dropped edges are drawn from torch's global generator
     t0 = time.perf_counter()
-    m = compute_moments(store, ex, idx, agg=args.agg, batch_size=args.batch_size, edge_dropout=args.edge_dropout)
+    m = compute_moments(store, ex, idx, agg=args.agg, batch_size=args.batch_size, edge_dropout=args.edge_dropout,
+                        blocks=blocks, n_blocks=args.blocks if blocks is not None else None)
     meta = {
         "extractor": args.extractor,
         "extractor_name": getattr(ex, "name", str(args.extractor)),
@@ -195,7 +215,8 @@ def _parse_shard(text: str) -> tuple[int, int]:
     return i, k
 
 
-_SAME_SAMPLE = ("extractor_sha256", "dataset", "store", "split", "sampling", "aggregation", "seed", "n_requested", "min_atoms", "edge_dropout")
+_SAME_SAMPLE = ("extractor_sha256", "dataset", "store", "split", "sampling", "aggregation", "seed", "n_requested", "min_atoms",
+                "edge_dropout", "blocks")
 
 
 def _merge(args) -> int:
@@ -263,11 +284,14 @@ def _csi(args) -> int:
 
     a = Candidate(args.a, *_pair(args.a, load_moments))
     b = Candidate(args.b, *_pair(args.b, load_moments))
-    value = csi(a, b)
+    e = csi(a, b)
     if args.json:
-        print_json({"csi": value})
+        print_json(e.as_dict())
+    elif e.has_interval:
+        print(f"csi {e.value:.10g}  corrected {e.corrected:.6g}  {round(100 * e.level)}% interval "
+              f"[{e.low:.6g}, {e.high:.6g}]  (block jackknife, {e.blocks[0]} x {e.blocks[1]} blocks)")
     else:
-        print(f"{value:.10g}")
+        print(f"csi {e.value:.10g}  (no blocks in the moments files: no correction or interval; recompute with --blocks)")
     return 0
 
 
@@ -279,6 +303,8 @@ def _pair(path, loader):
 
 
 def _select(args) -> int:
+    import numpy as np
+
     from atomsift.fsio import print_json
     from atomsift.csi.moments import accumulate_batches, save_moments
     from atomsift.csi.select import check_compatible, default_candidates, load_candidates, parse_named, rank, read_data, recommendation
@@ -304,6 +330,7 @@ def _select(args) -> int:
     # the user's structures are read and checked before the extractor is loaded (seconds of torch)
     name, family, batches, n_struct = read_data(args.data, args.n, args.seed, split=args.split, min_atoms=args.min_atoms)
     family = args.dataset or family
+    blocks = int(meta0.get("blocks") or DEFAULT_BLOCKS)  # the upstreams' block count (20 for older files)
     ex = on_device(load_extractor(spec), args.device)
     sha = getattr(ex, "sha256", None)
     for c in cands:
@@ -317,7 +344,10 @@ def _select(args) -> int:
                 b.dataset = family
             yield b
 
-    m = accumulate_batches(tagged(args.batch_size), ex, agg)
+    from atomsift.csi.moments import assign_blocks
+
+    ids = assign_blocks(np.arange(n_struct), blocks, args.seed) if blocks > 1 else None
+    m = accumulate_batches(tagged(args.batch_size), ex, agg, blocks=ids, n_blocks=blocks if ids is not None else None)
     if m.dim != cands[0].moments.dim:
         raise InputError(f"extractor {spec} gives {m.dim}-D features, the upstream moments are {cands[0].moments.dim}-D",
                          path=cands[0].path, field="mean")
@@ -328,19 +358,28 @@ def _select(args) -> int:
             "n_structures": n_struct, "n": int(m.n), "seed": int(args.seed), "min_atoms": int(args.min_atoms),
         })
     ranking = rank(m, cands)
+    tied = [r["upstream"] for r in ranking if r["tied_with_lowest"]]
     result = {
         "downstream": name,
         "n_structures": n_struct,
         "extractor": spec,
         "aggregation": agg,
-        "ranking": ranking,
+        "ranking": [{k: v for k, v in r.items() if not k.startswith("_")} for r in ranking],
+        "lowest": tied,
+        "tie": len(tied) > 1,
         "recommendation": recommendation(name, ranking),
     }
     if args.json:
         print_json(result)
     else:
+        level = round(100 * ranking[0]["_estimate"].level)
+        print(f"{'upstream':<20} {'CSI':>12} {'corrected':>12}  {level}% interval")
         for r in ranking:
-            print(f"{r['upstream']:<20} {r['csi']:.6g}")
+            e = r["_estimate"]
+            interval = f"[{e.low:.4g}, {e.high:.4g}]" if e.has_interval else "–"
+            mark = "  (tied with the lowest)" if r["tied_with_lowest"] and len(tied) > 1 else ""
+            corr = f"{e.corrected:.5g}" if e.has_interval else "–"
+            print(f"{r['upstream']:<20} {e.value:>12.5g} {corr:>12}  {interval}{mark}")
         print(result["recommendation"])
     return 0
 

@@ -53,6 +53,46 @@ def check_covariance(cov: np.ndarray, path=None, field: str = "cov") -> None:
                          f"{PSD_TOLERANCE:g} x trace)", path=path, field=field)
 
 
+def sqrt_factor(s1: np.ndarray, method: str = "auto") -> np.ndarray:
+    """A matrix F with F F^T = S1 (over the directions where S1 has variance), such that the
+    eigenvalues of F^T S2 F are those of S1 S2 for any S2 (:func:`trace_sqrt_product`).
+
+    ``cholesky``: F = L of S1 = L L^T (only for well-conditioned S1); ``eigh``: F = V diag(sqrt w)
+    over the eigenvalues w above round-off (robust to any rank deficiency); ``auto`` takes the
+    Cholesky path when S1's pivots are all above 1e-10 of the largest. Factor a covariance once
+    to pair it with many others (the jackknife of :mod:`atomsift.csi.estimate`)."""
+    from scipy.linalg import LinAlgError, cholesky, eigh
+
+    s1 = 0.5 * (s1 + s1.T)
+    if method in ("auto", "cholesky"):
+        try:
+            low = cholesky(s1, lower=True, check_finite=False)
+            piv = np.diag(low) ** 2
+            if method == "cholesky" or piv.min() > 1e-10 * piv.max():
+                return low
+        except LinAlgError:
+            if method == "cholesky":
+                raise
+    w, v = eigh(s1, driver="evd", overwrite_a=True, check_finite=False)
+    # eigenvalues below round-off are noise around zero: drop them (a PSD matrix has none < 0)
+    tol = max(float(w.max(initial=0.0)), 0.0) * w.size * np.finfo(np.float64).eps
+    keep = w > tol
+    return v[:, keep] * np.sqrt(w[keep])[None, :]
+
+
+def trace_sqrt_with(factor: np.ndarray, s2: np.ndarray) -> float:
+    """Tr (S1 S2)^(1/2) given ``factor`` = :func:`sqrt_factor` (S1): the sum of the square roots of
+    the eigenvalues of the symmetric matrix F^T S2 F."""
+    from scipy.linalg import eigh
+
+    if factor.shape[1] == 0:
+        return 0.0
+    m = factor.T @ (0.5 * (s2 + s2.T)) @ factor
+    m = 0.5 * (m + m.T)
+    ev = eigh(m, eigvals_only=True, driver="evr", overwrite_a=True, check_finite=False)
+    return float(np.sqrt(np.clip(ev, 0.0, None)).sum())
+
+
 def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray, method: str = "auto") -> float:
     """Tr (S1 S2)^(1/2) for symmetric PSD S1, S2: sum of sqrt(eigenvalues of a symmetric matrix).
 
@@ -62,32 +102,7 @@ def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray, method: str = "auto") -> 
     for well-conditioned S1). ``auto`` takes the Cholesky path when S1's pivots are all above
     1e-10 of the largest and the eigh path otherwise.
     """
-    from scipy.linalg import LinAlgError, cholesky, eigh
-
-    s1 = 0.5 * (s1 + s1.T)
-    s2 = 0.5 * (s2 + s2.T)
-    m = None
-    if method in ("auto", "cholesky"):
-        try:
-            low = cholesky(s1, lower=True, check_finite=False)
-            piv = np.diag(low) ** 2
-            if method == "cholesky" or piv.min() > 1e-10 * piv.max():
-                m = low.T @ s2 @ low
-        except LinAlgError:
-            if method == "cholesky":
-                raise
-    if m is None:
-        w, v = eigh(s1, driver="evd", overwrite_a=True, check_finite=False)
-        # eigenvalues below round-off are noise around zero: drop them (a PSD matrix has none < 0)
-        tol = max(float(w.max(initial=0.0)), 0.0) * w.size * np.finfo(np.float64).eps
-        keep = w > tol
-        if not keep.any():
-            return 0.0
-        b = v[:, keep] * np.sqrt(w[keep])[None, :]
-        m = b.T @ s2 @ b
-    m = 0.5 * (m + m.T)
-    ev = eigh(m, eigvals_only=True, driver="evr", overwrite_a=True, check_finite=False)
-    return float(np.sqrt(np.clip(ev, 0.0, None)).sum())
+    return trace_sqrt_with(sqrt_factor(s1, method), s2)
 
 
 def frechet_distance(mu1, s1, mu2, s2) -> float:

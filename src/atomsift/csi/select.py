@@ -13,13 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from atomsift.csi.frechet import frechet_distance
+from atomsift.csi.estimate import CSIEstimate, estimate, lowest
 from atomsift.csi.moments import Moments, load_moments, load_sidecar, sidecar_path
 from atomsift.errors import InputError
 from atomsift.fsio import write_text
 from atomsift.safeio import read_text
 
-TABLE_COLUMNS = ("extractor", "sampling", "agg", "upstream", "downstream", "csi", "seed")
+TABLE_COLUMNS = ("extractor", "sampling", "agg", "upstream", "downstream", "csi", "seed",
+                 "csi_corrected", "csi_low", "csi_high", "csi_se", "blocks_up", "blocks_down")
+# the estimate's columns (docs/csi.md): empty in tables written before they existed
+ESTIMATE_COLUMNS = ("csi_corrected", "csi_low", "csi_high", "csi_se")
 
 
 @dataclass
@@ -126,28 +129,50 @@ def check_compatible(cands: list[Candidate], what: str = "upstream") -> None:
             raise InputError(f"aggregation '{a}' differs from '{b}' of {ref.path}", path=sidecar_path(c.path), field="aggregation")
 
 
-def csi(a: Candidate, b: Candidate) -> float:
+def csi(a: Candidate, b: Candidate) -> CSIEstimate:
     check_compatible([a, b])
-    return frechet_distance(a.moments.mean, a.moments.cov, b.moments.mean, b.moments.cov)
+    return estimate(a.moments, b.moments)
 
 
 def rank(downstream: Moments, cands: list[Candidate]) -> list[dict]:
-    """Upstreams by ascending CSI to ``downstream``."""
+    """Upstreams by ascending (corrected) CSI to ``downstream``, each with its interval."""
     rows = []
     for c in cands:
         if c.moments.dim != downstream.dim:
             raise InputError(f"feature dimension {c.moments.dim} differs from the downstream's {downstream.dim}", path=c.path, field="mean")
-        rows.append({"upstream": c.name, "csi": frechet_distance(c.moments.mean, c.moments.cov, downstream.mean, downstream.cov)})
-    return sorted(rows, key=lambda r: r["csi"])
+        e = estimate(c.moments, downstream)
+        rows.append({"upstream": c.name, **e.as_dict(), "_estimate": e})
+    rows.sort(key=lambda r: r["_estimate"].best)
+    best, tied = lowest({r["upstream"]: r["_estimate"] for r in rows})
+    for r in rows:
+        r["tied_with_lowest"] = r["upstream"] in tied
+    return rows
+
+
+def _show(r: dict) -> str:
+    e = r["_estimate"]
+    if not e.has_interval:
+        return f"{e.value:.4g}"
+    return f"{e.corrected:.4g} [{e.low:.4g}, {e.high:.4g}]"
 
 
 def recommendation(downstream: str, ranking: list[dict]) -> str:
+    """One sentence: the lowest-CSI upstream, or a tie when the intervals of the lowest and others
+    overlap (then CSI does not choose among them)."""
     best = ranking[0]
     if len(ranking) == 1:
-        return f"pretrain on {best['upstream']} (CSI {best['csi']:.4g} to {downstream}; the only candidate)"
+        return f"pretrain on {best['upstream']} (CSI {_show(best)} to {downstream}; the only candidate)"
+    tied = [r for r in ranking if r.get("tied_with_lowest")]
+    level = f"{round(100 * best['_estimate'].level)}%"
+    if len(tied) > 1:
+        names = ", ".join(r["upstream"] for r in tied)
+        values = "; ".join(r["upstream"] + " " + _show(r) for r in tied)
+        return (f"tie between {names}: their CSI {level} intervals to {downstream} overlap ({values}), so CSI "
+                "does not choose among them; pretrain on any of them, or compute moments of more structures to separate them")
     second = ranking[1]
-    return (f"pretrain on {best['upstream']}: lowest CSI to {downstream} ({best['csi']:.4g}; "
-            f"next {second['upstream']} {second['csi']:.4g})")
+    how = "lowest CSI" if best["_estimate"].has_interval else "lowest CSI (no interval: moments files without blocks)"
+    return (f"pretrain on {best['upstream']}: {how} to {downstream} ({_show(best)}; "
+            f"next {second['upstream']} {_show(second)})")
 
 
 # ----------------------------------------------------------------------------------- downstream data
@@ -200,14 +225,21 @@ def table_rows(upstreams: list[Candidate], downstreams: list[Candidate]) -> list
     rows = []
     for d in downstreams:
         for u in upstreams:
+            e = estimate(u.moments, d.moments)
             rows.append({
                 "extractor": u.meta.get("extractor_name") or u.meta.get("extractor") or "",
                 "sampling": u.meta.get("sampling", ""),
                 "agg": u.meta.get("aggregation", ""),
                 "upstream": u.name,
                 "downstream": d.name,
-                "csi": frechet_distance(u.moments.mean, u.moments.cov, d.moments.mean, d.moments.cov),
+                "csi": e.value,
                 "seed": u.meta.get("seed", ""),
+                "csi_corrected": e.corrected,
+                "csi_low": e.low,
+                "csi_high": e.high,
+                "csi_se": e.se,
+                "blocks_up": e.blocks[0],
+                "blocks_down": e.blocks[1],
             })
     return rows
 
@@ -220,13 +252,21 @@ def write_csv(path: str | Path, rows: list[dict], columns=TABLE_COLUMNS) -> Path
     w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+        w.writerow({k: _cell(v) for k, v in r.items()})
     write_text(path, buf.getvalue())
     return path
 
 
+def _cell(v):
+    """A CSV cell: floats exactly (repr), NaN as an empty cell."""
+    if isinstance(v, float):  # np.float64 too
+        return repr(float(v)) if np.isfinite(v) else ""
+    return v
+
+
 def read_table(path: str | Path) -> list[dict]:
-    """Read a CSI table; ``csi`` as float. Raises InputError naming the file and column."""
+    """Read a CSI table; ``csi`` and the estimate's columns (NaN when empty or absent: tables of
+    an older atomsift) as floats. Raises InputError naming the file and column."""
     p = Path(path)
     if not p.is_file():
         raise InputError("CSI table does not exist", path=p)
@@ -244,6 +284,12 @@ def read_table(path: str | Path) -> list[dict]:
                 raise InputError(f"line {i}: not a number: {r['csi']!r}", path=p, field="csi") from None
             if not np.isfinite(r["csi"]):
                 raise InputError(f"line {i}: non-finite value", path=p, field="csi")
+            for c in ESTIMATE_COLUMNS:  # optional: NaN when absent or empty
+                text = (r.get(c) or "").strip()
+                try:
+                    r[c] = float(text) if text else float("nan")
+                except ValueError:
+                    raise InputError(f"line {i}: not a number: {text!r}", path=p, field=c) from None
             rows.append(r)
     if not rows:
         raise InputError("CSI table has no rows", path=p)

@@ -49,9 +49,28 @@ def read_csi(path: str | Path, extractor: str | None, sampling: str, agg: str) -
     return {k: sum(v) / len(v) for k, v in out.items()}
 
 
-def lowest_csi(csi: dict[tuple[str, str], float], candidates, task: str) -> str:
-    """The candidate upstream with the lowest CSI to ``task``."""
-    have = [(csi[(u, task)], u) for u in candidates if (u, task) in csi]
+def read_csi_estimates(path: str | Path, extractor: str | None, sampling: str, agg: str) -> dict:
+    """{(upstream, downstream): CSIEstimate} for one (sampling, agg) of a CSI table: the plug-in
+    value, and the corrected value and interval where the table has them (docs/csi.md). Several
+    rows of one pair (seeds) are not combined: the first is kept."""
+    from atomsift.csi.estimate import CSIEstimate
+    from atomsift.csi.select import read_table
+
+    out = {}
+    for r in read_table(path):
+        if (r.get("sampling"), r.get("agg")) != (sampling, agg):
+            continue
+        if extractor is not None and r.get("extractor") != extractor:
+            continue
+        out.setdefault((r["upstream"], r["downstream"]), CSIEstimate(
+            r["csi"], corrected=r["csi_corrected"], low=r["csi_low"], high=r["csi_high"], se=r["csi_se"]))
+    return out
+
+
+def lowest_csi(csi: dict, candidates, task: str) -> str:
+    """The candidate upstream with the lowest CSI to ``task`` (the corrected value where there is
+    one; ``csi`` maps (upstream, task) to a number or a CSIEstimate)."""
+    have = [(getattr(csi[(u, task)], "best", csi[(u, task)]), u) for u in candidates if (u, task) in csi]
     if not have:
         raise InputError(f"no CSI value for task {task} and upstreams {', '.join(candidates)}", field="csi")
     return min(have)[1]
@@ -60,7 +79,7 @@ def lowest_csi(csi: dict[tuple[str, str], float], candidates, task: str) -> str:
 def fig1_data(spec: dict) -> dict:
     """Per task: the chosen upstream, both MAEs (mean, sd) and the relative change."""
     sel = spec["csi"]
-    csi = read_csi(sel["table"], None, sel["sampling"], sel["agg"])
+    csi = read_csi_estimates(sel["table"], None, sel["sampling"], sel["agg"])
     data = collect(spec["cells"])
     bb = spec["backbone"]
     base_u, base_b = spec["baseline"]["upstream"], spec["baseline"]["budget"]

@@ -144,6 +144,8 @@ def check_grid(config: dict, source: str = "config") -> None:
             need("backbone", p["backbone"], backbones, f"csi.extractors.{name}.pretrained.backbone")
     sel = config["csi"]["selection"]
     need("extractor", sel["extractor"], extractors, "csi.selection.extractor")
+    if config["csi"].get("untrained"):
+        need("extractor", config["csi"]["untrained"], extractors, "csi.untrained")
     for name, spec in config.get("csi_figures", {}).items():
         need("extractor", spec["extractor"], extractors, f"csi_figures.{name}.extractor")
     if not csi_upstreams(config):
@@ -263,6 +265,8 @@ def csi_parts(config: dict) -> list[tuple[str, str, str, str]]:
     kinds = {spec["kind"] for spec in config["tasks"].values()}
     sel = config["csi"]["selection"]
     parts = {(sel["extractor"], sel["sampling"], sel["agg"], k) for k in kinds}
+    if config["csi"].get("untrained"):  # the report's baseline: the same CSI from an untrained extractor
+        parts |= {(config["csi"]["untrained"], sel["sampling"], sel["agg"], k) for k in kinds}
     for spec in config.get("csi_figures", {}).values():
         parts.add((spec["extractor"], spec["sampling"], spec["agg"], spec["tasks"]))
     return sorted(parts)
@@ -618,7 +622,8 @@ def report_spec(config: dict, command: str, source: str) -> dict:
         "tables": {t: {"csv": f"{RESULTS}/{t}.csv", "spec": table_spec(config, t)} for t in config["tables"]},
         "figures": {f: f"{RESULTS}/figures/{f}.png" for f in figures(config)},
         "csi": {"selection": _selection(config), "tables": {e: csi_table(e) for e in extractors_used(config)},
-                "upstreams": csi_upstreams(config)},
+                "upstreams": csi_upstreams(config), **_untrained(config)},
+        "composition": composition_stores(config),
         "tasks": _task_info(config, config["tasks"]),
         "pretrain": runs,
         "cells": cells,
@@ -627,8 +632,21 @@ def report_spec(config: dict, command: str, source: str) -> dict:
     }
 
 
+def _untrained(config: dict) -> dict:
+    name = config["csi"].get("untrained")
+    return {"untrained": {"extractor": name, "table": csi_table(name)}} if name else {}
+
+
+def composition_stores(config: dict) -> dict:
+    """Stores whose element composition the report compares (upstreams vs tasks)."""
+    return {"upstreams": {u: store_dir(d) for u, d in csi_upstreams(config).items()},
+            "tasks": {t: store_dir(s["dataset"]) for t, s in config["tasks"].items()}}
+
+
 def report_inputs(config: dict) -> list[str]:
     files = [f"{RESULTS}/{t}.csv" for t in config["tables"]]
+    comp = composition_stores(config)
+    files += list(comp["upstreams"].values()) + list(comp["tasks"].values())
     files += [f"{RESULTS}/figures/{f}.png" for f in figures(config)]
     files += [csi_table(e) for e in extractors_used(config)]
     files += [f"{pretrain_dir(*r)}/metrics.json" for r in pretrain_runs(config)]

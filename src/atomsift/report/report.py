@@ -1,16 +1,22 @@
 """``results/report.md``: our numbers beside the paper's, and what they say about CSI.
 
 Sections: provenance (config hash, package versions, the command that reproduces the run);
-per task, whether the lowest-CSI upstream gave the lowest finetuned MAE and the Spearman rank
-correlation between CSI and MAE; each table with our mean ± sd, paired wins against the
-no-pretraining baseline and the paper's published value of the matching row; columns left out;
-and the compute spent per cell (structures seen and wall time of every job).
+per task, whether the lowest-CSI upstream gave the lowest finetuned MAE, called only where both
+orderings are resolved by their 95% intervals (CSI: the jackknife intervals of
+``atomsift.csi.estimate``; MAE: paired t intervals over finetuning seeds), with each upstream's CSI
+and interval; the learning ratio of every finetuning column (no-pretraining MAE over the trivial
+predictor's MAE on the same test structures); each table with our mean ± sd, the paired
+difference to no pretraining with its 95% interval and verdict, and the paper's published value
+of the matching row; CSI against simple baselines (element-composition overlap, an untrained
+extractor's CSI) as Spearman correlations with bootstrap intervals; columns left out; and the
+compute spent per cell. The statistics are in :mod:`atomsift.report.stats`.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from importlib import metadata
 from pathlib import Path
@@ -20,10 +26,11 @@ from atomsift.safeio import read_text
 from atomsift.fsio import write_text
 
 from . import published
-from .figures import read_csi
+from . import stats as S
+from .figures import read_csi_estimates
 from .grid import NONE, budget_label, parse_budget
 from .published import UPSTREAM_LABELS
-from .tables import build, collect, mean_sd, paired
+from .tables import build, collect, mean_sd
 
 PACKAGES = ("atomsift", "torch", "torch-geometric", "lightning", "numpy", "scipy", "pandas", "matplotlib",
             "h5py", "ase", "tblite", "snakemake", "snakemake-executor-plugin-slurm")
@@ -40,13 +47,8 @@ def package_versions() -> dict[str, str]:
 
 
 def spearman(x: list[float], y: list[float]) -> float:
-    """Spearman rank correlation (``scipy.stats.spearmanr``, average ranks for ties); nan when
-    undefined (fewer than two pairs, or a constant side)."""
-    from scipy.stats import spearmanr
-
-    if len(x) != len(y) or len(x) < 2 or len(set(x)) < 2 or len(set(y)) < 2:
-        return math.nan
-    return float(spearmanr(x, y).statistic)
+    """Spearman rank correlation (``scipy.stats.spearmanr``, average ranks for ties); nan when undefined."""
+    return S.spearman(x, y)
 
 
 def _fmt(v: float | None, nd: int = 3) -> str:
@@ -65,84 +67,225 @@ def _label(u: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def _fmt_ci(low, high, nd: int = 3) -> str:
+    return "–" if low is None or high is None else f"[{_fmt(low, nd)}, {_fmt(high, nd)}]"
+
+
+def _rho(v: float | None) -> str:
+    """A correlation (or a difference of two) with two decimals."""
+    return "undefined" if v is None or not math.isfinite(v) else f"{v:.2f}"
+
+
+def _rho_ci(low, high) -> str:
+    return "–" if low is None or high is None else f"[{_rho(low)}, {_rho(high)}]"
+
+
+def _signed(v: float | None, nd: int = 3) -> str:
+    if v is None or not math.isfinite(v):
+        return "–"
+    return ("+" if v > 0 else "") + _fmt(v, nd) if v != 0 else "0"
+
+
+def _csi_text(e) -> str:
+    """``corrected [low, high]`` or the plug-in value when the table has no interval."""
+    if e.has_interval:
+        return f"{_fmt(e.corrected)} [{_fmt(e.low)}, {_fmt(e.high)}]"
+    return f"{_fmt(e.value)} (no interval)"
+
+
+def _task_columns(spec: dict):
+    """(task info, table name, first budget, first backbone, cell data) for each finetuning column,
+    from the first table that has it, over that table's first pretrained budget and backbone."""
+    seen = set()
+    for name, table in spec["tables"].items():
+        tspec = table["spec"]
+        first = next((r for r in tspec["rows"] if r["upstream"] != NONE), None)
+        if first is None:
+            continue
+        data = collect(tspec["cells"])
+        for t in tspec["tasks"]:
+            if t["name"] in seen:
+                continue
+            seen.add(t["name"])
+            yield t, name, first["budget"], first["backbone"], data
+
+
 def csi_verdicts(spec: dict) -> list[dict]:
-    """Per task: lowest-CSI upstream, lowest-MAE upstream, Spearman(CSI, MAE).
+    """Per task: the lowest-CSI upstream(s) (a tie where 95% intervals overlap), the lowest-MAE
+    upstream(s) (a tie where paired intervals contain 0), the verdict (yes / no / unresolved) and
+    Spearman(CSI, MAE) with its bootstrap interval.
 
     Uses, for each task, the first table that has it as a column, at that table's first budget
     and backbone, over the single-dataset upstreams the CSI ranks.
     """
+    from atomsift.csi.estimate import lowest
+
     sel = spec["csi"]["selection"]
-    csi = read_csi(sel["table"], None, sel["sampling"], sel["agg"])
+    csi = read_csi_estimates(sel["table"], None, sel["sampling"], sel["agg"])
     candidates = list(spec["csi"]["upstreams"])
-    out, seen = [], set()
-    for name, table in spec["tables"].items():
-        tspec = table["spec"]
-        data = collect(tspec["cells"])
-        first = next((r for r in tspec["rows"] if r["upstream"] != NONE), None)
-        if first is None:
+    out = []
+    for t, name, b, bb, data in _task_columns(spec):
+        task = t["name"]
+        ups = [u for u in candidates if (task, u, b, bb) in data and (u, task) in csi]
+        if len(ups) < 2:
             continue
-        b, bb = first["budget"], first["backbone"]
-        for t in tspec["tasks"]:
-            task = t["name"]
-            if task in seen:
-                continue
-            ups = [u for u in candidates if (task, u, b, bb) in data and (u, task) in csi]
-            if len(ups) < 2:
-                continue
-            seen.add(task)
-            maes = {u: mean_sd(data[(task, u, b, bb)].values())[0] for u in ups}
-            csis = {u: csi[(u, task)] for u in ups}
-            low_csi = min(ups, key=lambda u: csis[u])
-            low_mae = min(ups, key=lambda u: maes[u])
-            base = data.get((task, NONE, NONE, bb))
-            vs = paired(data[(task, low_csi, b, bb)], base) if base else None
-            out.append({
-                "task": task, "label": t["label"], "unit": t["unit"], "table": name, "budget": b, "backbone": bb,
-                "upstreams": ups, "csi": csis, "mae": maes, "lowest_csi": low_csi, "lowest_mae": low_mae,
-                "won": low_csi == low_mae, "spearman": spearman([csis[u] for u in ups], [maes[u] for u in ups]),
-                "csi_order": sorted(ups, key=lambda u: csis[u]), "mae_order": sorted(ups, key=lambda u: maes[u]),
-                "vs_baseline": vs,
-            })
+        maes = {u: data[(task, u, b, bb)] for u in ups}
+        means = {u: mean_sd(maes[u].values())[0] for u in ups}
+        csis = {u: csi[(u, task)] for u in ups}
+        low_csi, csi_tied = lowest(csis)
+        low_mae, mae_tied = S.resolved_best(maes)
+        if len(csi_tied) == 1 and len(mae_tied) == 1:
+            verdict = "yes" if low_csi == low_mae else "no"
+        elif not set(csi_tied) & set(mae_tied):
+            verdict = "no"  # every CSI choice is resolved worse than the best MAE
+        elif len(csi_tied) == 1 and low_csi not in mae_tied:
+            verdict = "no"
+        else:
+            verdict = "unresolved"
+        base = data.get((task, NONE, NONE, bb))
+        rho = S.spearman_intervals(maes, {"CSI": {u: (csis[u].best, _se(csis[u])) for u in ups}})["rho"]["CSI"]
+        out.append({
+            "task": task, "label": t["label"], "unit": t["unit"], "table": name, "budget": b, "backbone": bb,
+            "upstreams": ups, "csi": csis, "mae": means, "maes": maes, "lowest_csi": low_csi, "csi_tied": csi_tied,
+            "lowest_mae": low_mae, "mae_tied": mae_tied, "verdict": verdict, "won": verdict == "yes",
+            "spearman": spearman([csis[u].best for u in ups], [means[u] for u in ups]), "spearman_ci": (rho["low"], rho["high"]),
+            "csi_order": sorted(ups, key=lambda u: csis[u].best), "mae_order": sorted(ups, key=lambda u: means[u]),
+            "vs_baseline": S.paired_difference(maes[low_csi], base) if base else None,
+        })
     return out
+
+
+def _se(e) -> float:
+    return e.se if math.isfinite(e.se) else 0.0
+
+
+def _names(us) -> str:
+    return ", ".join(_label(u) for u in us)
 
 
 def _verdict_section(verdicts: list[dict]) -> list[str]:
     lines = ["## Did the lowest-CSI upstream win?", ""]
     if not verdicts:
         return lines + ["No task has CSI values and finetuning results for two or more upstreams.", ""]
-    wins = sum(v["won"] for v in verdicts)
-    lines.append(f"**The lowest-CSI upstream gave the lowest finetuned MAE on {wins} of {len(verdicts)} task(s).**")
+    counts = {k: sum(v["verdict"] == k for v in verdicts) for k in ("yes", "no", "unresolved")}
+    lines.append(f"**The lowest-CSI upstream gave the lowest finetuned MAE on {counts['yes']} of {len(verdicts)} task(s); "
+                 f"it did not on {counts['no']}; on {counts['unresolved']} the intervals do not decide.** "
+                 "A CSI value is the jackknife-corrected Fréchet distance with its 95% interval (docs/csi.md); upstreams "
+                 "whose intervals overlap the lowest one's are tied for the lowest CSI. The lowest MAE is tied with every "
+                 "upstream whose paired difference to it (t interval over the shared finetuning seeds) contains 0. "
+                 "*yes* / *no* need both orderings resolved; otherwise *unresolved*.")
     lines.append("")
-    lines.append("| task | lowest CSI | lowest MAE | won? | Spearman(CSI, MAE) | lowest-CSI vs no pretraining (wins, ΔMAE) | CSI order | MAE order |")
+    lines.append("| task | lowest CSI | lowest MAE | won? | Spearman(CSI, MAE) [95% CI] | lowest-CSI vs no pretraining: Δ [95% CI] | CSI order | MAE order |")
     lines.append("|---|---|---|---|---|---|---|---|")
     for v in verdicts:
         vs = v["vs_baseline"]
-        vs_text = f"{vs['wins']}/{vs['n']}, {vs['rel_mean']:+.1f} ± {vs['rel_sd']:.1f} %" if vs else "–"
-        lines.append(
-            f"| {v['label']} | {_label(v['lowest_csi'])} | {_label(v['lowest_mae'])} | {'yes' if v['won'] else 'no'} | "
-            f"{_fmt(v['spearman'], 2) if math.isfinite(v['spearman']) else 'undefined'} | {vs_text} | "
-            f"{' < '.join(_label(u) for u in v['csi_order'])} | {' < '.join(_label(u) for u in v['mae_order'])} |"
-        )
+        vs_text = (f"{_signed(vs['mean'])} {_fmt_ci(vs['low'], vs['high'])} {v['unit']} ({vs['verdict']}, "
+                   f"{vs['wins']}/{vs['n']} seeds)" if vs else "–")
+        low_csi = _label(v["lowest_csi"]) + (f" (tie: {_names(v['csi_tied'])})" if len(v["csi_tied"]) > 1 else "")
+        low_mae = _label(v["lowest_mae"]) + (f" (tie: {_names(v['mae_tied'])})" if len(v["mae_tied"]) > 1 else "")
+        lines.append(f"| {v['label']} | {low_csi} | {low_mae} | {v['verdict']} | {_rho(v['spearman'])} {_rho_ci(*v['spearman_ci'])} | "
+                     f"{vs_text} | {' < '.join(_label(u) for u in v['csi_order'])} | "
+                     f"{' < '.join(_label(u) for u in v['mae_order'])} |")
     lines.append("")
     lines.append("Spearman over the single-dataset upstreams of the task's first table and budget (n = "
-                 f"{len(verdicts[0]['upstreams'])}); +1 means CSI orders the upstreams exactly as their finetuned MAE.")
+                 f"{len(verdicts[0]['upstreams'])}); +1 means CSI orders the upstreams exactly as their finetuned MAE. "
+                 "Its interval: 2,000 bootstrap draws resampling the finetuning seeds (paired across upstreams) and "
+                 "redrawing each CSI from its interval.")
+    lines.append("")
+    lines.append("CSI (corrected, 95% interval) and finetuned MAE (mean ± sd over seeds) per upstream:")
+    lines.append("")
+    lines.append("| task | upstream | CSI (plug-in) | CSI corrected [95% CI] | MAE | MAE vs lowest: Δ [95% CI] |")
+    lines.append("|---|---|---|---|---|---|")
+    for v in verdicts:
+        for u in v["csi_order"]:
+            e = v["csi"][u]
+            m, sd = mean_sd(v["maes"][u].values())
+            d = S.paired_difference(v["maes"][u], v["maes"][v["lowest_mae"]]) if u != v["lowest_mae"] else None
+            dtext = "lowest" if u == v["lowest_mae"] else (f"{_signed(d['mean'])} {_fmt_ci(d['low'], d['high'])}" if d else "–")
+            lines.append(f"| {v['label']} | {_label(u)} | {_fmt(e.value)} | {_csi_text(e)} | {_fmt(m)} ± {_fmt(sd)} {v['unit']} | {dtext} |")
     mismatched = [v for v in verdicts if v["csi_order"] != v["mae_order"]]
     if mismatched:
         lines.append("")
         lines.append("Where the orders differ, CSI (a distance between feature distributions, blind to the labels' "
-                     "regime; the paper's MatBench case) and the finetuned MAE disagree, or the MAE differences are within "
-                     "seed noise (see the paired wins below): " + "; ".join(
+                     "regime; the paper's MatBench case) and the finetuned MAE disagree, or the differences are within "
+                     "their intervals: " + "; ".join(
                          f"{v['label']}: CSI {' < '.join(_label(u) for u in v['csi_order'])}, "
                          f"MAE {' < '.join(_label(u) for u in v['mae_order'])}" for v in mismatched) + ".")
     lines.append("")
     lines.append("The paper (PAPER.md §5): ANI-1x has the lowest CSI to every in-distribution task and gives the lowest MAE "
-                 "on all of them at every budget; CSI mispredicts MatBench.")
+                 "on all of them at every budget; CSI mispredicts MatBench. It gives neither intervals nor seeds.")
+    return lines + [""]
+
+
+def _read_trivial(path: str | Path) -> float | None:
+    try:
+        m = json.loads(read_text(path))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    v = m.get("trivial_test_mae") if isinstance(m, dict) else None
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 else None
+
+
+GOAL_RATIO = 0.5  # issue 14: a model that learned reaches half the trivial predictor's MAE or better
+
+
+def learning_ratios(spec: dict) -> list[dict]:
+    """Per finetuning column and backbone: the no-pretraining MAE over the trivial predictor's MAE
+    (zero force / training mean) on the same test structures, per seed (metrics.json's
+    ``trivial_test_mae``)."""
+    out, seen = [], set()
+    for name, table in spec["tables"].items():
+        tspec = table["spec"]
+        for t in tspec["tasks"]:
+            for c in tspec["cells"]:
+                if c["task"] != t["name"] or c["upstream"] != NONE:
+                    continue
+                key = (t["name"], c["backbone"])
+                if key in seen:
+                    continue
+                seen.add(key)
+                cells = [x for x in tspec["cells"] if x["task"] == t["name"] and x["upstream"] == NONE and x["backbone"] == c["backbone"]]
+                ratios, trivial, model = {}, {}, {}
+                for x in cells:
+                    from .tables import read_mae
+
+                    mae, triv = read_mae(x["metrics"]), _read_trivial(x["metrics"])
+                    model[int(x["seed"])] = mae
+                    if triv is not None:
+                        trivial[int(x["seed"])] = triv
+                        ratios[int(x["seed"])] = mae / triv
+                out.append({"task": t["name"], "label": t["label"], "unit": t["unit"], "backbone": c["backbone"],
+                            "mae": model, "trivial": trivial, "ratio": ratios})
+    return out
+
+
+def _learning_section(spec: dict) -> list[str]:
+    rows = learning_ratios(spec)
+    lines = ["## Did the models learn? (learning ratio per finetuning column)", "",
+             "No-pretraining test MAE divided by the trivial predictor's MAE on the same test structures (zero force for "
+             "force tasks, the training split's mean for scalar tasks; `trivial_test_mae` in each metrics.json), per seed. "
+             f"Near 1: the model learned nothing; the goal is <= {GOAL_RATIO:.2f}.", ""]
+    if not rows:
+        return lines + ["No table has a no-pretraining row.", ""]
+    lines.append("| task | backbone | no-pretraining MAE | trivial MAE | ratio (mean ± sd) | <= goal? |")
+    lines.append("|---|---|---|---|---|---|")
+    for r in rows:
+        m, sd = mean_sd(r["mae"].values())
+        if r["ratio"]:
+            rm, rsd = mean_sd(r["ratio"].values())
+            tm = mean_sd(r["trivial"].values())[0]
+            lines.append(f"| {r['label']} | {r['backbone']} | {_fmt(m)} ± {_fmt(sd)} {r['unit']} | {_fmt(tm)} {r['unit']} | "
+                         f"{rm:.2f} ± {rsd:.2f} | {'yes' if rm <= GOAL_RATIO else 'no'} |")
+        else:
+            lines.append(f"| {r['label']} | {r['backbone']} | {_fmt(m)} ± {_fmt(sd)} {r['unit']} | – (metrics.json without "
+                         "`trivial_test_mae`: rerun the finetuning) | – | – |")
     return lines + [""]
 
 
 def _table_section(name: str, table: dict) -> list[str]:
     tspec = table["spec"]
     header, rows, stats = build(tspec)
+    data = collect(tspec["cells"])
     budgets = []
     for r in tspec["rows"]:
         if r["budget"] != NONE and r["budget"] not in budgets:
@@ -160,7 +303,7 @@ def _table_section(name: str, table: dict) -> list[str]:
         lines.append("")
     cols = ["Upstream", "Budget", "Backbone"]
     for t in tspec["tasks"]:
-        cols += [f"{t['label']} ours ({t['unit']})", "wins vs none", "paper"]
+        cols += [f"{t['label']} ours ({t['unit']})", "Δ vs none [95% CI] (%)", "vs none", "paper"]
     lines.append("| " + " | ".join(cols) + " |")
     lines.append("|" + "---|" * len(cols))
     for r in tspec["rows"]:
@@ -170,8 +313,14 @@ def _table_section(name: str, table: dict) -> list[str]:
         for t in tspec["tasks"]:
             s = stats[(t["name"], u, b, bb)]
             cells.append(f"{_fmt(s['mean'])} ± {_fmt(s['sd'])}" if s["n"] > 1 else _fmt(s["mean"]))
-            vs = s["vs_baseline"]
-            cells.append(f"{vs['wins']}/{vs['n']} ({vs['rel_mean']:+.1f} ± {vs['rel_sd']:.1f} %)" if vs else "–")
+            base = data.get((t["name"], NONE, NONE, bb))
+            d = S.paired_difference(data[(t["name"], u, b, bb)], base) if (base and u != NONE) else None
+            if d:
+                rel = f" ({_signed(d['rel_mean'], 2)} %)" if d["rel_mean"] is not None else ""
+                cells.append(f"{_signed(d['mean'])} {_fmt_ci(d['low'], d['high'])}{rel}")
+                cells.append(f"{d['verdict']} ({d['wins']}/{d['n']} seeds lower)")
+            else:
+                cells += ["–", "–"]
             pv = published.value(name, u, _paper_task(t["name"], t), block) if block >= 0 else None
             cells.append(_fmt(pv) if pv is not None else "–")
         lines.append("| " + " | ".join(cells) + " |")
@@ -180,6 +329,84 @@ def _table_section(name: str, table: dict) -> list[str]:
         lines.append(f"- Column **{col}** left out: {why}.")
     if tspec.get("omitted"):
         lines.append("")
+    return lines
+
+
+def csi_baselines(spec: dict, verdicts: list[dict]) -> list[dict]:
+    """Per task of the verdicts (>= 3 upstreams): Spearman of CSI, of element-composition
+    distance (1 - weighted Jaccard of element fractions, upstream vs task) and of an untrained
+    extractor's CSI against the finetuned MAE, with bootstrap intervals, and whether CSI orders
+    the MAEs better than each baseline (interval of the difference excluding 0)."""
+    comp = spec.get("composition") or {}
+    untrained = spec["csi"].get("untrained")
+    sel = spec["csi"]["selection"]
+    raw = read_csi_estimates(untrained["table"], None, sel["sampling"], sel["agg"]) if untrained else {}
+    cache: dict[str, dict] = {}
+
+    def comp_of(path):
+        if path not in cache:
+            try:
+                cache[path] = S.composition(path)
+            except InputError:  # not a store (yet): the baseline is left out with a note
+                cache[path] = None
+        return cache[path]
+
+    out = []
+    for v in verdicts:
+        ups = v["upstreams"]
+        if len(ups) < 3:
+            continue
+        preds = {"CSI": {u: (v["csi"][u].best, _se(v["csi"][u])) for u in ups}}
+        notes = []
+        task_store = (comp.get("tasks") or {}).get(v["task"])
+        up_stores = comp.get("upstreams") or {}
+        if task_store and all(u in up_stores for u in ups) and comp_of(task_store) is not None and \
+                all(comp_of(up_stores[u]) is not None for u in ups):
+            q = comp_of(task_store)
+            preds["composition"] = {u: (1.0 - S.composition_overlap(comp_of(up_stores[u]), q), 0.0) for u in ups}
+        else:
+            notes.append("composition: stores not available")
+        if untrained and all((u, v["task"]) in raw for u in ups):
+            preds["untrained CSI"] = {u: (raw[(u, v["task"])].best, _se(raw[(u, v["task"])])) for u in ups}
+        elif untrained:
+            notes.append(f"untrained CSI: no values in {untrained['table']}")
+        res = S.spearman_intervals(v["maes"], preds, reference="CSI")
+        out.append({"task": v["task"], "label": v["label"], "predictors": preds, "result": res, "notes": notes,
+                    "untrained": (untrained or {}).get("extractor")})
+    return out
+
+
+def _baselines_section(spec: dict, verdicts: list[dict]) -> list[str]:
+    lines = ["## CSI against simple baselines", "",
+             "Does CSI order the finetuned MAEs better than something simpler? *composition*: the distance "
+             "1 − J between the element fractions of upstream and task (J = Σ_Z min / Σ_Z max, the weighted "
+             "Jaccard similarity of their atoms' elements; 0 = the same element mix). *untrained CSI*: CSI from the "
+             "untrained extractor " + (f"`{spec['csi']['untrained']['extractor']}`" if spec["csi"].get("untrained") else
+                                     "(not configured: `csi.untrained`)") + ". Spearman(predictor, mean MAE) over the "
+             "upstreams, 95% bootstrap intervals (2,000 draws: finetuning seeds resampled, paired across upstreams; CSI "
+             "values redrawn from their intervals); *CSI − baseline*: the interval of the difference of the two "
+             "correlations on the same draws, and CSI is called better only when it excludes 0.", ""]
+    rows = csi_baselines(spec, verdicts)
+    if not rows:
+        return lines + ["No task has three or more upstreams with CSI values and finetuning results.", ""]
+    lines.append("| task | predictor | ordering (low → high) | Spearman [95% CI] | CSI − baseline [95% CI] | CSI orders the MAEs |")
+    lines.append("|---|---|---|---|---|---|")
+    for r in rows:
+        res = r["result"]
+        for name, pred in r["predictors"].items():
+            rho = res["rho"][name]
+            order = " < ".join(_label(u) for u in sorted(pred, key=lambda u: pred[u][0]))
+            rtext = _rho(rho["rho"]) + " " + _rho_ci(rho["low"], rho["high"])
+            if name == "CSI":
+                lines.append(f"| {r['label']} | CSI | {order} | {rtext} | – | – |")
+                continue
+            d = res["difference"][name]
+            word = {"better": "better", "worse": "worse", "unresolved": "not resolved"}[d["verdict"]]
+            dtext = ("+" if d["diff"] > 0 else "") + _rho(d["diff"]) + " " + _rho_ci(d["low"], d["high"])
+            lines.append(f"| {r['label']} | {name} | {order} | {rtext} | {dtext} | {word} than {name} |")
+        for n in r["notes"]:
+            lines.append(f"| {r['label']} | ({n}) | | | | |")
+    lines.append("")
     return lines
 
 
@@ -266,14 +493,19 @@ def build_report(spec: dict) -> str:
     versions = package_versions()
     lines.append("- packages: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     lines.append("")
-    lines += _verdict_section(csi_verdicts(spec))
+    verdicts = csi_verdicts(spec)
+    lines += _verdict_section(verdicts)
+    lines += _learning_section(spec)
     lines += ["## Tables: ours beside the paper's", "",
-              "Ours: mean ± sd over finetuning seeds; *wins vs none*: seeds (paired) where the cell beat the "
-              "no-pretraining baseline, with the mean ± sd relative MAE change. *paper*: the published value of the "
-              "same upstream in the matching budget block of the paper's table (our budgets, backbones and datasets "
-              "may be scaled down: compare orderings, not magnitudes).", ""]
+              "Ours: mean ± sd over finetuning seeds. *Δ vs none*: the mean paired difference to the no-pretraining "
+              "baseline on the same seeds (cell − none; negative = lower MAE) with its 95% t interval over seeds and, in "
+              "brackets, relative to the baseline's mean; *vs none*: *better* or *worse* only when the interval excludes "
+              "0, else *unresolved* (seed noise), with the seeds on which the cell's MAE was lower. *paper*: the published "
+              "value of the same upstream in the matching budget block of the paper's table (our budgets, backbones and "
+              "datasets may be scaled down: compare orderings, not magnitudes).", ""]
     for name, table in spec["tables"].items():
         lines += _table_section(name, table)
+    lines += _baselines_section(spec, verdicts)
     if spec.get("figures"):
         lines += ["## Figures", ""]
         lines += [f"- {f}: `{p}`" for f, p in spec["figures"].items()]

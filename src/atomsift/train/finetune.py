@@ -185,8 +185,11 @@ def _finish(cfg, r: TaskRecipe, out: Path, trainer, module, dm, target, norm, at
     from atomsift.fsio import write_json
     from atomsift.train.checkpointing import save_model
     from atomsift.train.runtime import run_time, weights_digest
+    from atomsift.train.trivial import trivial_mae
 
     store = dm.stores[cfg.task]
+    splits = {k: ds.parts[0].indices for k, ds in dm.splits.items()}
+    trivial, trivial_kind = trivial_mae(store, splits, r.kind, target)  # same test structures: the learning ratio's floor
     unit_name, factor = report_unit(r, target, store.manifest.get("units", {}).get("targets", {}).get(target) if target else None)
     meta = {"stage": "finetune", "task": cfg.task, "target": target, "config": to_dict(cfg), "tested_weights": tested,
             "normalization": vars(norm), "pretrained": pre_info}
@@ -207,6 +210,8 @@ def _finish(cfg, r: TaskRecipe, out: Path, trainer, module, dm, target, norm, at
         "test_mae": res["mae"] * factor,
         "test_mae_store_unit": res["mae"],
         "test_n": len(dm.splits["test"]),
+        "trivial_test_mae": trivial * factor,
+        "trivial_predictor": trivial_kind,
         "tested_weights": tested,
         "test_weights": cfg.test_weights,
         "pretrained": pre_info.get("path") or "none",

@@ -20,6 +20,7 @@ def register(sub) -> None:
     p.add_argument("--adsorbates", help="oc20-mini / oc22-mini: comma-separated adsorbates (default: all of the generator's)")
     p.add_argument("--molecule", help="rmd17-mini: aspirin (default), ethanol or benzene")
     p.add_argument("--amino-acids", help="spice-mini: comma-separated of glycine, alanine, serine (default all three)")
+    p.add_argument("--paths", help="transition1x-mini: comma-separated of htransfer, stretch (default htransfer)")
     p.add_argument("--json", action="store_true", help="print the store summary and generation record as JSON")
     p.set_defaults(func=_generate)
 
@@ -45,7 +46,8 @@ def _generate(args) -> int:
         raise InputError(f"must be in 0..2**32-1 (a numpy RandomState seed), got {args.seed}", field="--seed")
     check_store_output(args.out)  # before minutes of labelling: --out must be a store, empty or new
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
-    opts = {k: getattr(args, k) for k in ("metals", "oxides", "adsorbates", "molecule", "amino_acids") if getattr(args, k) is not None}
+    opts = {k: getattr(args, k) for k in ("metals", "oxides", "adsorbates", "molecule", "amino_acids", "paths")
+            if getattr(args, k) is not None}
     summary = generate(args.name, args.out, n=args.n, seed=args.seed, workers=args.workers, qm9=args.qm9, **opts)
     info = Store(summary["path"]).info()
     if args.json:
