@@ -494,3 +494,58 @@ def test_cli_on_changed_inputs(stores, tmp_path, capsys):
     assert main(["finetune", "--config", str(run), "--pretrained", "none", "--out", str(out), "--on-changed-inputs", "restart"]) == 0
     assert f"atomsift: {out} holds a run started with lr=0.001; starting over" in capsys.readouterr().err
     assert json.loads((out / "run.json").read_text())["lr"] == 5e-4 and (out / "metrics.json").exists()
+
+
+def test_graph_block_is_recorded_and_inherited(stores, tmp_path):
+    """A run file's ``graph:`` block replaces JMP's per-dataset cutoff / k for every dataset of
+    the run; the model records it, finetuning from it inherits it (unless its own run file says
+    otherwise), and a feature extractor built from the checkpoint uses the same graphs."""
+    from atomsift.data.batch import collate
+    from atomsift.data.graphs import GraphSettings
+    from atomsift.models import load_checkpoint, load_extractor
+
+    pre = run_pretrain(_pre(stores, epochs=1, graph={"cutoff": 4.0, "max_neighbors": 10}), tmp_path / "pre")
+    model, _ = load_checkpoint(tmp_path / "pre" / "model.pt")
+    assert model.model_config()["graph"] == {"cutoff": 4.0, "max_neighbors": 10} and pre["structures_seen"] == {"a": 12}
+    g = model.graph_for("ani1x")
+    assert (g.cutoff, g.max_neighbors, g.rule) == (4.0, 10, "invariant")
+    st = Store(stores["a"])
+    b = collate([st.record(i) for i in range(4)], dataset="ani1x")
+    ex = load_extractor(str(tmp_path / "pre" / "model.pt"))
+    with torch.no_grad():
+        ref = model.backbone_features(b, GraphSettings(4.0, 10, None))
+        other = model.backbone_features(b, GraphSettings(8.0, 30, None))  # JMP's ani1x graph differs
+    assert torch.equal(ex(b), ref) and not torch.allclose(ref, other)
+
+    ft = {"task": "rmd17", "store": str(stores["t"]), "size": "tiny", "epochs": 1, "batch_size": 8, "threads": 1,
+          "lr": 1e-3, "forces": "direct"}
+    run_finetune(finetune_config_from_dict(ft), tmp_path / "ft", str(tmp_path / "pre" / "model.pt"))
+    assert load_checkpoint(tmp_path / "ft" / "model.pt")[0].graph_overrides == {"cutoff": 4.0, "max_neighbors": 10}
+    assert json.loads((tmp_path / "ft" / "inputs.json").read_text())["pretrained"]["graph"] == {"cutoff": 4.0, "max_neighbors": 10}
+    run_finetune(finetune_config_from_dict({**ft, "graph": {"cutoff": 5.0, "max_neighbors": 12}}), tmp_path / "ft2",
+                 str(tmp_path / "pre" / "model.pt"))
+    assert load_checkpoint(tmp_path / "ft2" / "model.pt")[0].graph_overrides == {"cutoff": 5.0, "max_neighbors": 12}
+    with pytest.raises(InputError, match=r"field 'graph.cutoff': "):
+        finetune_config_from_dict({**ft, "graph": {"cutoff": -1.0}})
+
+
+def test_cli_seeds_in_one_process_equal_separate_runs(stores, tmp_path, capsys):
+    """``--seeds 0,1`` runs each seed into OUT/s<seed>/ in one process; each equals the run of its
+    own (seed-replaced) run file in its own directory."""
+    run = tmp_path / "ft.yaml"
+    base = {"task": "rmd17", "store": str(stores["t"]), "size": "tiny", "epochs": 1, "batch_size": 16, "threads": 1,
+            "scale_fit_batches": 0, "lr": 1e-3, "forces": "direct", "seed": 7}
+    run.write_text(json.dumps(base))
+    assert main(["finetune", "--config", str(run), "--pretrained", "none", "--out", str(tmp_path / "cell"), "--seeds", "0,1"]) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("finetune:")]
+    assert [("seed=0" in ln, "seed=1" in ln) for ln in lines] == [(True, False), (False, True)]
+    for s in (0, 1):
+        single = tmp_path / f"single{s}.yaml"
+        single.write_text(json.dumps({**base, "seed": s}))
+        assert main(["finetune", "--config", str(single), "--pretrained", "none", "--out", str(tmp_path / f"one{s}")]) == 0
+        a = json.loads((tmp_path / "cell" / f"s{s}" / "metrics.json").read_text())
+        b = json.loads((tmp_path / f"one{s}" / "metrics.json").read_text())
+        assert a["seed"] == s and a["test_mae"] == b["test_mae"] and a["val_curve"] == b["val_curve"]
+    capsys.readouterr()
+    assert main(["finetune", "--config", str(run), "--pretrained", "none", "--out", str(tmp_path / "x"), "--seeds", "0,0"]) == 2
+    assert capsys.readouterr().err == "atomsift finetune: error: field '--seeds': expected distinct comma-separated seeds >= 0 (e.g. 0,1,2), got '0,0'\n"

@@ -134,6 +134,7 @@ def load_checkpoint(path, ema: bool = True, graph_rule: str | None = None, raw_a
             raise InputError(f"unknown graph rule {stored_rule!r}; choose from {', '.join(RULES)}", path=path, field="config.graph_rule")
         model = _empty_model(bb, heads, cfg.get("size"), _float_dtype(sd))
         model.graph_rule = graph_rule or stored_rule
+        model.graph_overrides = _graph_overrides(cfg.get("graph"), path)
         _load_strict(model, sd, path)
         model.eval()
         return model, meta
@@ -145,6 +146,20 @@ def load_checkpoint(path, ema: bool = True, graph_rule: str | None = None, raw_a
         model.eval()
         return model, meta
     raise InputError("neither an atomsift model nor a JMP checkpoint (no 'format' / 'state_dict' with backbone.* keys)", path=path)
+
+
+def _graph_overrides(value, path: Path) -> dict:
+    """A checkpoint's ``config.graph`` (cutoff, max_neighbors), checked."""
+    if value in (None, {}):
+        return {}
+    ok = isinstance(value, dict) and set(value) <= {"cutoff", "max_neighbors"}
+    cutoff, k = (value.get("cutoff"), value.get("max_neighbors")) if ok else (None, None)
+    ok = ok and (cutoff is None or (isinstance(cutoff, (int, float)) and 0 < cutoff <= 30))
+    ok = ok and (k is None or (isinstance(k, int) and not isinstance(k, bool) and k >= 1))
+    if not ok:
+        raise InputError(f"expected {{cutoff: 0 < Angstrom <= 30, max_neighbors: int >= 1}}, got {value!r}", path=path,
+                         field="config.graph")
+    return {k: v for k, v in value.items() if v is not None}
 
 
 def upgrade_state_dict(sd: dict, cfg: BackboneConfig, version, path: Path) -> dict:

@@ -22,6 +22,8 @@ class GemNetModel(nn.Module):
         # neighbour rule of the graphs built from each batch's dataset settings (data/graphs.py
         # RULES): "invariant" (default) or "jmp" (JMP's order-dependent rules, exact reproduction)
         self.graph_rule = graph_rule
+        # cutoff / max_neighbors in place of the dataset table's (a run file's ``graph:`` block)
+        self.graph_overrides: dict = {}
         self.embedding = nn.Embedding(config.num_elements, config.emb_size_atom)
         self.backbone = GemNetOCBackbone(config)
         self.head_specs = {k: (v if isinstance(v, HeadSpec) else HeadSpec(**v)) for k, v in heads.items()}
@@ -36,6 +38,7 @@ class GemNetModel(nn.Module):
         return {
             "size": self.size,
             "graph_rule": self.graph_rule,
+            "graph": dict(self.graph_overrides),
             "backbone": self.config.to_dict(),
             "heads": {k: v.to_dict() for k, v in self.head_specs.items()},
         }
@@ -44,7 +47,7 @@ class GemNetModel(nn.Module):
 
     def _features(self, batch, graph: GraphSettings | None, edge_dropout: float, pos: Tensor, generator=None,
                   graph_dropout_in_eval: bool = False) -> dict:
-        settings = graph if graph is not None else graph_settings(batch.dataset, self.graph_rule)
+        settings = graph if graph is not None else self.graph_for(batch.dataset)
         p = edge_dropout if self.training else 0.0
         p_graph = edge_dropout if (self.training or graph_dropout_in_eval) else 0.0
         g = build_graphs(pos.detach(), batch.cell, batch.pbc, batch.natoms, batch.tags, settings, p_graph, generator)
@@ -57,6 +60,13 @@ class GemNetModel(nn.Module):
         }
         h = self.embedding(batch.numbers - 1)
         return self.backbone(h, geo, g, p)
+
+    def graph_for(self, dataset) -> GraphSettings:
+        """The graph settings of a batch of ``dataset``: JMP's table entry (data/graphs.py) with
+        this model's neighbour rule and graph overrides."""
+        from dataclasses import replace
+
+        return replace(graph_settings(dataset, self.graph_rule), **self.graph_overrides)
 
     def forward(self, batch, head: str, graph: GraphSettings | None = None, edge_dropout: float = 0.0, generator=None) -> dict:
         """Predictions of head ``head``: "energy" (B,) eV, "forces" (N, 3) eV/A, "y" (B,)."""

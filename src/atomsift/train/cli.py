@@ -23,6 +23,8 @@ def register(sub) -> None:
     f.add_argument("--config", required=True, help="run file (YAML)")
     f.add_argument("--pretrained", required=True, help="our model.pt, a JMP checkpoint (jmp-s.pt / jmp-l.pt), or 'none'")
     f.add_argument("--out", required=True, help="output directory")
+    f.add_argument("--seeds", help="comma-separated seeds (e.g. 0,1,2,3,4): one run per seed in this process, into "
+                                   "OUT/s<seed>/, the run file's seed replaced (saves the start-up of a process per seed)")
     f.add_argument("--json", action="store_true", help="print metrics.json on stdout")
     _on_changed_inputs(f)
     f.set_defaults(func=_finetune)
@@ -60,19 +62,41 @@ def _pretrain(args) -> int:
     return 0
 
 
+def _seeds(text: str | None) -> list[int] | None:
+    from atomsift.errors import InputError
+
+    if text is None:
+        return None
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise InputError(f"expected distinct comma-separated seeds >= 0 (e.g. 0,1,2), got {text!r}", field="--seeds")
+    return seeds
+
+
 def _finetune(args) -> int:
+    import dataclasses
+    from pathlib import Path
+
     from atomsift.train.config import load_finetune_config
 
     cfg = load_finetune_config(args.config)
+    seeds = _seeds(args.seeds)
     from atomsift.fsio import print_json
     from atomsift.train.finetune import run_finetune
 
-    m = run_finetune(cfg, args.out, args.pretrained, config_path=args.config,
-                     on_changed_inputs=args.on_changed_inputs)
-    if not m:
-        return 0
-    if args.json:
-        print_json(m)
-    else:
-        print(f"finetune: {_summary(m, ('task', 'target', 'test_mae', 'unit', 'tested_weights', 'wall_time_s'))}", file=sys.stderr)
+    runs = [(cfg, Path(args.out))] if seeds is None else [(dataclasses.replace(cfg, seed=s), Path(args.out) / f"s{s}") for s in seeds]
+    out = []
+    for c, o in runs:
+        m = run_finetune(c, o, args.pretrained, config_path=args.config, on_changed_inputs=args.on_changed_inputs)
+        if not m:  # a non-zero DDP rank
+            continue
+        out.append(m)
+        if not args.json:
+            print(f"finetune: {_summary(m, ('task', 'target', 'seed', 'test_mae', 'unit', 'tested_weights', 'wall_time_s'))}",
+                  file=sys.stderr)
+    if args.json and out:
+        print_json(out[0] if seeds is None else out)
     return 0

@@ -122,6 +122,17 @@ class UpstreamConfig:
 
 
 @_run_file
+class GraphConfig:
+    """``graph:`` block: the cutoff and nearest-k cap of the main graph for every dataset of the
+    run, in place of JMP's per-dataset table (the other graphs keep JMP's proportions of k). The
+    model records it, so finetuning, feature extraction and the calculator use the same graphs."""
+
+    cutoff: Float(gt=0, le=30) = 12.0
+    """Angstrom"""
+    max_neighbors: Int(ge=1) = 30
+
+
+@_run_file
 class RuntimeConfig:
     """Keys shared by both verbs: devices, precision, loader, checkpoints, logging."""
 
@@ -147,6 +158,8 @@ class RuntimeConfig:
     scale_fit_batches: Optional[Int(ge=0)] = None
     """GemNet-OC scale factors are fitted on this many training batches when starting from random
     weights (0: keep the defaults); null: 16 (JMP) for small/large, 4 for tiny (CPU cost)"""
+    graph: Optional[GraphConfig] = None
+    """null: JMP's per-dataset graphs (pretraining), the pretrained model's (finetuning)"""
 
     def n_scale_fit_batches(self) -> int:
         if self.scale_fit_batches is not None:
@@ -482,7 +495,12 @@ def options_schema() -> dict:
     defs = {}
     for verb, model in OPTIONS_MODELS.items():
         schema = model.model_json_schema()
-        assert "$defs" not in schema, f"options of {verb} hold a nested model: give it a place in $defs"
+        # nested blocks (graph:) become shared definitions beside the verbs: their "#/$defs/NAME"
+        # references resolve against this file's top level
+        for name, sub in schema.pop("$defs", {}).items():
+            sub = _untitled(sub)
+            assert name not in RUN_MODELS and defs.get(name, sub) == sub, f"clashing definition {name}"
+            defs[name] = sub
         defs[verb] = _untitled(schema)
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -94,7 +94,21 @@ def load_pretrained(model, pretrained: str, size: str, config_path, loader: Call
     pre_size = getattr(pre_model, "size", None)
     if pre_size not in (None, "toy") and pre_size != size:
         raise InputError(f"checkpoint is size '{pre_size}' but the run file says '{size}'", path=config_path, field="size")
-    return transfer_backbone(pre_model, model)
+    # the backbone was trained on these graphs: finetuning keeps them unless the run file says otherwise
+    return {**transfer_backbone(pre_model, model), "graph": dict(getattr(pre_model, "graph_overrides", {}) or {})}
+
+
+def graph_of(model, dataset):
+    """The graph settings ``model`` uses for ``dataset`` (JMP's table, the model's rule and graph
+    overrides); models without them (test stand-ins) take the table's."""
+    from atomsift.data.graphs import graph_settings
+
+    return model.graph_for(dataset) if hasattr(model, "graph_for") else graph_settings(dataset)
+
+
+def set_graph(model, overrides: dict) -> None:
+    if hasattr(model, "graph_overrides"):
+        model.graph_overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
 
 
 def run_finetune(cfg: FinetuneConfig, out: str | Path, pretrained: str | None, *, config_path: str | Path | None = None,
@@ -102,7 +116,6 @@ def run_finetune(cfg: FinetuneConfig, out: str | Path, pretrained: str | None, *
                  fit_scales: bool = True, on_changed_inputs: str = "refuse") -> dict:
     """Run (or resume, or report) one finetuning run into ``out``; return its metrics. Nothing is
     written into ``out`` until every input (store, run file, ``pretrained``) has been read."""
-    from atomsift.data.graphs import graph_settings
     from atomsift.train.data import AtomsDataModule
     from atomsift.train.linref import fit_dataset_norm, scalar_norm
     from atomsift.train.module import FinetuneModule, Plateau
@@ -135,14 +148,17 @@ def run_finetune(cfg: FinetuneConfig, out: str | Path, pretrained: str | None, *
             inputs["pretrained"] = {**prev["pretrained"], "path": inputs["pretrained"]["path"]}
         else:
             inputs["pretrained"].update(load_pretrained(model, pretrained, cfg.size, config_path, model_loader))
-    elif fit_scales and cfg.n_scale_fit_batches() > 0 and prev is None:
+        set_graph(model, inputs["pretrained"].get("graph"))
+    if cfg.graph is not None:
+        set_graph(model, {"cutoff": cfg.graph.cutoff, "max_neighbors": cfg.graph.max_neighbors})
+    if inputs["pretrained"] is None and fit_scales and cfg.n_scale_fit_batches() > 0 and prev is None:
         fit_scales_if_available(model, dm.first_batches(cfg.n_scale_fit_batches()))
     record_run(cfg, out, inputs)  # every input has been read: the run directory starts here
 
     spe = dm.steps_per_epoch
     cosine_steps = max(int(round(cfg.cosine_epochs * spe)), 1)
     module = FinetuneModule(
-        model, head="task", kind=r.kind, graph=graph_settings(store.dataset), norm=norm, target=target,
+        model, head="task", kind=r.kind, graph=graph_of(model, store.dataset), norm=norm, target=target,
         energy_loss_scale=cfg.energy_loss_scale, force_loss_scale=cfg.force_loss_scale,
         gradient_forces=(cfg.forces == "gradient"), edge_dropout=cfg.edge_dropout,
         embedding_lr_scale=cfg.embedding_lr_scale, block_lr_scales=cfg.block_lr_scales,

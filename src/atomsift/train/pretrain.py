@@ -41,9 +41,9 @@ def run_pretrain(cfg: PretrainConfig, out: str | Path, *, config_path: str | Pat
                  model_factory: Callable | None = None, callbacks: list | None = None, fit_scales: bool = True,
                  on_changed_inputs: str = "refuse") -> dict:
     """Run (or resume, or report) one pretraining run into ``out``; return its metrics."""
-    from atomsift.data.graphs import graph_settings
     from atomsift.models.heads import HeadSpec
     from atomsift.train.data import AtomsDataModule
+    from atomsift.train.finetune import graph_of, set_graph
     from atomsift.train.linref import fit_dataset_norm, save_norms
     from atomsift.train.module import PretrainModule
     from atomsift.train.runtime import (check_run, clean_stale_temporaries, make_trainer, record_run, run_inputs,
@@ -67,13 +67,15 @@ def run_pretrain(cfg: PretrainConfig, out: str | Path, *, config_path: str | Pat
     save_norms(out / "linref.json", norms)
 
     model = (model_factory or default_model_factory)(cfg.size, {nm: HeadSpec("energy_direct_forces") for nm in names}, True, cfg.seed)
+    if cfg.graph is not None:
+        set_graph(model, {"cutoff": cfg.graph.cutoff, "max_neighbors": cfg.graph.max_neighbors})
     if fit_scales and cfg.n_scale_fit_batches() > 0 and prev is None:
         # scale factors from up to 16 training batches of the first epoch's order (fixed by the seed)
         fit_scales_if_available(model, dm.first_batches(cfg.n_scale_fit_batches()))
     sched_steps = max(dm.full_steps_per_epoch, 1) * cfg.epochs
     warmup = min(cfg.warmup(sched_steps), sched_steps)
     module = PretrainModule(
-        model, names=names, graphs=[graph_settings(p.store.dataset) for p in parts], norms=[norms[nm] for nm in names],
+        model, names=names, graphs=[graph_of(model, p.store.dataset) for p in parts], norms=[norms[nm] for nm in names],
         energy_loss_scale=cfg.energy_loss_scale, force_loss_scale=cfg.force_loss_scale, edge_dropout=cfg.edge_dropout,
         seed=cfg.seed, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, warmup=warmup, total_steps=sched_steps,
         start_factor=cfg.warmup_start_factor, min_lr_factor=cfg.min_lr_factor, record_seen=cfg.record_seen)
