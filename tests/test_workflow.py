@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from atomsift.errors import InputError
-from atomsift.report import grid as G
+from atomsift.workflow import grid as G
+from atomsift.workflow.profiles import install
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or shutil.which("snakemake")
@@ -403,3 +404,29 @@ def test_bare_profile_name_works_after_profile_install(tmp_path):
     dry = snakemake(wd, "--profile", "slurm", "-n", "results/table1.csv", env=env)
     assert dry.returncode == 0, dry.stdout[-2000:] + dry.stderr[-2000:]
     assert "Using profile slurm" in dry.stdout + dry.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# profiles
+
+
+def test_profile_install_links_and_is_idempotent(tmp_path):
+    link, target, changed = install("slurm", source=str(ROOT / "profiles"), dest=str(tmp_path))
+    assert changed and link.is_symlink() and link.resolve() == (ROOT / "profiles/slurm").resolve()
+    assert install("slurm", source=str(ROOT / "profiles"), dest=str(tmp_path))[2] is False
+    other = tmp_path / "local"
+    other.mkdir()
+    (other / "config.yaml").write_text("cores: 1\n")
+    with pytest.raises(InputError, match="is not a link to"):
+        install("local", source=str(ROOT / "profiles"), dest=str(tmp_path))
+
+
+def test_slurm_profile_settings():
+    prof = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    assert prof["executor"] == "slurm"
+    assert prof["slurm-status-command"] == "squeue"
+    assert prof["slurm-init-seconds-before-status-checks"] == 8
+    gpu_rules = {r for r, res in prof["set-resources"].items() if "gpu" in res}
+    assert gpu_rules == {"pretrain", "finetune", "moments"}
+    # CPU settings per task must not shadow --cpus-per-gpu (the plugin prefers cpus_per_task)
+    assert "cpus_per_task" not in prof["default-resources"]

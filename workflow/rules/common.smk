@@ -1,5 +1,5 @@
 # Configuration validation and input functions shared by every rule file.
-# The grid expansion and the results/ layout live in atomsift.report.grid (tested there and
+# The grid expansion and the results/ layout live in atomsift.workflow.grid (tested there and
 # shared with the report builders); this file only binds them to the loaded config.
 
 import os
@@ -10,7 +10,7 @@ import sys
 
 
 from atomsift.errors import InputError
-from atomsift.report import grid as G
+from atomsift.workflow import grid as G
 
 # Jobs call `atomsift` by name. Run by `.venv/bin/snakemake` without an activated environment,
 # they find the atomsift installed beside this interpreter (an atomsift already on PATH, or a

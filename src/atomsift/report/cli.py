@@ -1,10 +1,6 @@
-"""Verbs of atomsift.report: table, figure, report, profile."""
+"""Verbs of atomsift.report: table, figure, report."""
 
 from __future__ import annotations
-
-
-
-PROFILES = ("slurm", "local")
 
 
 def register(sub) -> None:
@@ -28,15 +24,6 @@ def register(sub) -> None:
     p.add_argument("--config", required=True, help="report spec YAML written by the DAG")
     p.add_argument("--out", required=True, help="Markdown file")
     p.set_defaults(func=_report)
-
-    p = sub.add_parser("profile", help="install a Snakemake profile of this project under ~/.config/snakemake")
-    psub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    q = psub.add_parser("install", help="link profiles/NAME to ~/.config/snakemake/NAME (so --profile NAME works)")
-    q.add_argument("name", choices=PROFILES)
-    q.add_argument("--from", dest="source", help="the project's profiles/ directory (default: found from the checkout)")
-    q.add_argument("--dest", help="profile directory root (default: $XDG_CONFIG_HOME/snakemake or ~/.config/snakemake)")
-    q.add_argument("--force", action="store_true", help="replace an existing, different profile of that name")
-    q.set_defaults(func=_profile_install)
 
 
 def _table(args) -> int:
@@ -80,15 +67,3 @@ def _report(args) -> int:
     out = write_report(load_spec(args.config), args.out)
     print(out)
     return 0
-
-
-def _profile_install(args) -> int:
-    from atomsift.report.profiles import install
-
-    link, target, changed = install(args.name, source=args.source, dest=args.dest, force=args.force)
-    state = "installed" if changed else "already installed"
-    print(f"{state}: {link} -> {target}  (use: snakemake --profile {args.name})")
-    return 0
-
-
-

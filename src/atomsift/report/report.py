@@ -20,7 +20,7 @@ from atomsift.safeio import read_text
 
 from . import published
 from .figures import read_csi
-from .grid import NONE, budget_label, parse_budget
+from atomsift.workflow.grid import NONE, budget_label, parse_budget
 from .published import UPSTREAM_LABELS
 from .tables import build, collect, mean_sd, paired, write_atomic
 

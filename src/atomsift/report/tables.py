@@ -1,6 +1,6 @@
 """The paper's tables (1-5) from finetuning metrics files.
 
-A table spec (written by the DAG, see :func:`atomsift.report.grid.table_spec`) lists the rows
+A table spec (written by the DAG, see :func:`atomsift.workflow.grid.table_spec`) lists the rows
 (upstream, budget, backbone; the no-pretraining baseline last), the task columns and one
 metrics file per (task, row, seed). Each value is the test MAE in the paper's units averaged
 over seeds; the CSV holds the means, the Markdown table mean ± sd with the best pretrained row
@@ -19,7 +19,7 @@ from atomsift.errors import InputError
 from atomsift.fsio import write_text
 from atomsift.safeio import read_text
 
-from .grid import NONE, budget_label, parse_budget
+from atomsift.workflow.grid import NONE, budget_label, parse_budget
 from .published import UPSTREAM_LABELS
 
 MAE_KEYS = ("test_mae", "mae")
