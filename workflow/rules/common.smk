@@ -137,6 +137,8 @@ def csi_figure_part(wildcards):
 def final_outputs():
     """Everything `snakemake` with no target builds."""
     out = [f"{G.RESULTS}/{t}.{ext}" for t in config["tables"] for ext in ("csv", "md")]
+    # the rendered tables and report: Snakemake's report page (`snakemake --report`) shows them
+    out += [f"{G.RESULTS}/html/{t}.html" for t in [*config["tables"], "report"]]
     out += [G.csi_table(e) for e in G.extractors_used(config)]
     out += [f"{G.RESULTS}/figures/{f}.png" for f in G.figures(config)]
     out.append(f"{G.RESULTS}/report.md")

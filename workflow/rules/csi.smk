@@ -48,7 +48,12 @@ rule csi_table:
     input:
         csi_parts_of,
     output:
-        G.csi_table("{extractor}"),
+        report(
+            G.csi_table("{extractor}"),
+            caption="../report/csi_table.rst",
+            category="CSI",
+            labels={"extractor": "{extractor}"},
+        ),
     log:
         f"{LOGS}/csi_table/{{extractor}}.log",
     conda:
@@ -61,7 +66,12 @@ rule csi_figure:
     input:
         csi_figure_part,
     output:
-        f"{G.RESULTS}/figures/{{fig}}.png",
+        report(
+            f"{G.RESULTS}/figures/{{fig}}.png",
+            caption="../report/csi_figure.rst",
+            category="Figures",
+            labels={"figure": "{fig}"},
+        ),
     params:
         title=lambda w: G.csi_figure_title(config, w.fig),
     wildcard_constraints:
@@ -94,7 +104,7 @@ rule coverage_figure:
     input:
         [G.coverage_file(d) for d in G.coverage_datasets(config)],
     output:
-        f"{G.RESULTS}/figures/fig9.png",
+        report(f"{G.RESULTS}/figures/fig9.png", caption="../report/coverage.rst", category="Figures", labels={"figure": "fig9"}),
     log:
         f"{LOGS}/coverage_figure/fig9.log",
     conda:

@@ -391,7 +391,9 @@ def _figure(args) -> int:
             rows += read_table(t)
         rows = figures.filter_rows(rows, extractor=args.extractor, sampling=args.sampling, agg=args.agg)
         figures.csi_bars(rows, args.out, tasks=args.tasks, upstreams=args.upstreams, title=args.title, log=args.log)
-    print(args.out)
+        print(f"{len(rows)} CSI values -> {args.out}")
+        return 0
+    print(f"coverage of {len(args.table)} dataset(s) -> {args.out}")
     return 0
 
 

@@ -12,6 +12,7 @@ def register(sub) -> None:
     g.add_argument("--config", help="table spec YAML (rows, tasks, one metrics file per cell)")
     g.add_argument("--merge-csi", nargs="+", metavar="CSV", help="CSI tables with the same columns to concatenate")
     p.add_argument("--out", required=True, help="CSV to write (the Markdown twin goes beside it as .md)")
+    p.add_argument("--html", help="--config: also write the table as an HTML page here (for snakemake --report)")
     p.set_defaults(func=_table)
 
     p = sub.add_parser("figure", help="Fig. 1 (lowest-CSI upstream vs mixed baseline) or Fig. 4 (adding worst-CSI data)")
@@ -23,6 +24,7 @@ def register(sub) -> None:
     p = sub.add_parser("report", help="results/report.md: ours beside the paper, CSI verdicts, compute spent")
     p.add_argument("--config", required=True, help="report spec YAML written by the DAG")
     p.add_argument("--out", required=True, help="Markdown file")
+    p.add_argument("--html", help="also write the report as an HTML page here (for snakemake --report)")
     p.set_defaults(func=_report)
 
 
@@ -34,8 +36,10 @@ def _table(args) -> int:
         print(f"{n} CSI rows -> {args.out}")
         return 0
     spec = tables.load_spec(args.config)
-    csv_path, md_path = tables.write_table(spec, args.out)
-    print(f"{csv_path}\n{md_path}")
+    csv_path, md_path = tables.write_table(spec, args.out, args.html)
+    outs = ", ".join(str(p) for p in (csv_path, md_path, args.html) if p)
+    print(f"{spec.get('table', 'table')}: {len(spec.get('rows', []))} rows x {len(spec.get('tasks', []))} tasks "
+          f"({len(spec.get('cells', []))} finetuning runs) -> {outs}")
     return 0
 
 
@@ -64,6 +68,6 @@ def _report(args) -> int:
     from atomsift.report.report import write_report
     from atomsift.report.tables import load_spec
 
-    out = write_report(load_spec(args.config), args.out)
-    print(out)
+    out = write_report(load_spec(args.config), args.out, args.html)
+    print(", ".join(str(p) for p in (out, args.html) if p))
     return 0

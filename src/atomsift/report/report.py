@@ -299,7 +299,13 @@ def build_report(spec: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(spec: dict, out: str | Path) -> Path:
+def write_report(spec: dict, out: str | Path, html: str | Path | None = None) -> Path:
+    """Write the report's Markdown to ``out`` and, if asked, its HTML rendering to ``html``."""
     out = Path(out)
-    write_atomic(out, build_report(spec))
+    text = build_report(spec)
+    write_atomic(out, text)
+    if html is not None:
+        from atomsift.report.html import markdown_to_html
+
+        write_atomic(html, markdown_to_html(text, "atomsift report"))
     return out

@@ -181,13 +181,19 @@ def write_atomic(path: str | Path, text: str) -> None:
     write_text(path, text)
 
 
-def write_table(spec: dict, out_csv: str | Path) -> tuple[Path, Path]:
-    """Write ``out_csv`` and the Markdown twin (same name, ``.md``)."""
+def write_table(spec: dict, out_csv: str | Path, html: str | Path | None = None) -> tuple[Path, Path]:
+    """Write ``out_csv``, the Markdown twin (same name, ``.md``) and, if asked, its HTML
+    rendering ``html`` (for Snakemake's report page)."""
     out_csv = Path(out_csv)
     header, rows, stats = build(spec)
     md = out_csv.with_suffix(".md")
+    text = to_markdown(spec, header, rows, stats)
     write_atomic(out_csv, to_csv(header, rows))
-    write_atomic(md, to_markdown(spec, header, rows, stats))
+    write_atomic(md, text)
+    if html is not None:
+        from atomsift.report.html import markdown_to_html
+
+        write_atomic(html, markdown_to_html(text, spec["table"].replace("table", "Table ")))
     return out_csv, md
 
 

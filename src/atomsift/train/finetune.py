@@ -11,7 +11,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +25,8 @@ from atomsift.train.tasks import QM9_ATOM_REFS_JMP, TaskRecipe, default_block_lr
 def resolve(cfg: FinetuneConfig) -> tuple[FinetuneConfig, TaskRecipe]:
     """The run file with every recipe default filled in."""
     r = recipe(cfg.task)
+    if cfg.readout is not None:  # a scalar task's reduction over atoms, overriding the recipe's
+        r = replace(r, readout=cfg.readout)
     filled = replace(
         cfg,
         epochs=cfg.epochs if cfg.epochs is not None else r.epochs,
@@ -243,7 +245,7 @@ def run_finetune(cfg: FinetuneConfig, out: str | Path, pretrained: str | None, *
     from atomsift.train.checkpointing import save_model
 
     meta = {"stage": "finetune", "task": cfg.task, "target": target, "config": to_dict(cfg), "tested_weights": tested,
-            "normalization": vars(norm), "pretrained": pre_info}
+            "normalization": vars(norm), "pretrained": pre_info, "dataset": store.dataset, "graph": asdict(module.graph)}
     save_model(out / "model.pt", module.test_model, meta)
     curve = [{**row, "mae_" + unit_name: row["mae"] * factor} for row in module.val_curve]
     metrics = {
