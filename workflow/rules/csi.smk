@@ -3,6 +3,17 @@
 # coverage (Fig. 9).
 
 
+localrules:
+    selection,
+
+
+# `snakemake --cores all selection`: the upstream statistics `atomsift select FILE` ranks your
+# data against (README, "From your file to a model")
+rule selection:
+    input:
+        G.selection_moments(config),
+
+
 rule moments:
     input:
         store=lambda w: G.store_dir(w.dataset),
