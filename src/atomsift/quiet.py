@@ -3,8 +3,8 @@
 Every job of the DAG writes its stdout and stderr to ``results/logs/``; what belongs there is
 our one summary line (and any real problem). Lightning adds, for every training job, an
 accelerator survey ("GPU available: ..."), advertisements ("💡 Tip: ... litlogger ..."),
-"`Trainer.fit` stopped", a note that ``weights_only`` defaulted when it *saves* a checkpoint (our
-loads go through :mod:`atomsift.safeload`, never ``torch.load``), ``PossibleUserWarning``s about
+"`Trainer.fit` stopped", a note on which weights-only default it took when it *saves* a
+checkpoint (every load of ours goes through :mod:`atomsift.safeload`), ``PossibleUserWarning``s about
 our deliberate choices (few batches per logging interval, workers), a warning that the run
 directory is not empty (it holds our run records), and deprecation warnings that torch raises
 inside Lightning (``LeafSpec``). :func:`quiet_third_party` drops exactly these; warnings raised

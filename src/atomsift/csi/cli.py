@@ -63,6 +63,8 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda[:i], or auto (default: cuda when available, for eqv2)")
     p.add_argument("--save-moments", help="also save the downstream moments here (.npz)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--best", action="store_true", help="print only the recommended upstream's name on stdout (the "
+                                                       "ranking goes to stderr): UP=$(atomsift select FILE --best)")
     p.set_defaults(func=_select)
 
     p = sub.add_parser("csi-table", help="CSV of CSI for every (upstream, downstream) pair of moments files")
@@ -297,6 +299,8 @@ def _select(args) -> int:
 
     _sample_size(args.n)
     _positive(args.batch_size, "--batch-size")
+    if args.best and args.json:
+        raise InputError("give --json or --best, not both", field="--best")
     if args.save_moments:
         _output(args.save_moments)
     named = parse_named(args.upstream)
@@ -349,9 +353,12 @@ def _select(args) -> int:
     if args.json:
         print_json(result)
     else:
+        text = sys.stderr if args.best else sys.stdout
         for r in ranking:
-            print(f"{r['upstream']:<20} {r['csi']:.6g}")
-        print(result["recommendation"])
+            print(f"{r['upstream']:<20} {r['csi']:.6g}", file=text)
+        print(result["recommendation"], file=text)
+        if args.best:
+            print(ranking[0]["upstream"])
     return 0
 
 

@@ -101,7 +101,6 @@ def _finetune(args) -> int:
     from atomsift.train.finetune import run_finetune
 
     quiet_third_party()
-
     m = run_finetune(cfg, args.out, args.pretrained, config_path=args.config)
     if not m:
         return 0
@@ -113,7 +112,7 @@ def _finetune(args) -> int:
 
 
 _DATA_FLAGS = ("target", "readout", "energy_key", "forces_key", "split_seed", "size", "epochs", "batch_size", "lr", "seed", "cache")
-_RUN_KEYS = {"size": "size", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "seed": "seed"}
+_RUN_KEYS = ("size", "epochs", "batch_size", "lr", "seed")  # flags that are run-file keys of the same name
 
 
 def _finetune_data(args) -> int:
@@ -127,7 +126,7 @@ def _finetune_data(args) -> int:
         from atomsift.train.config import MAX_RUN_FILE_BYTES
 
         base = read_yaml_mapping(args.config, what="run file", max_bytes=MAX_RUN_FILE_BYTES)
-    base.update({key: getattr(args, flag) for flag, key in _RUN_KEYS.items() if getattr(args, flag) is not None})
+    base.update({key: getattr(args, key) for key in _RUN_KEYS if getattr(args, key) is not None})
     split_seed = 42 if args.split_seed is None else args.split_seed
     if not 0 <= split_seed < 2**32:
         from atomsift.errors import InputError
@@ -140,7 +139,8 @@ def _finetune_data(args) -> int:
     from atomsift.train.own_data import finetune_data, summary
 
     quiet_third_party()
-    rec = finetune_data(opts, args.out, args.pretrained, base, readout=args.readout, cache=args.cache)
+    rec = finetune_data(opts, args.out, args.pretrained, base, readout=args.readout, cache=args.cache,
+                        source=args.config or "finetune --data")
     if not rec:
         return 0
     if args.json:

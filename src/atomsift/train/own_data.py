@@ -111,11 +111,12 @@ def prepare(opts: DataOptions, cache: Path) -> tuple[Path, str, str | None]:
                      path=opts.path, field="--target")
 
 
-def run_file(base: dict, task: str, store: Path, target: str | None, size: str | None, readout: str | None) -> dict:
-    """The run file: ``base`` (``--config`` and the flags) with the keys the data decides."""
+def run_file(base: dict, task: str, store: Path, target: str | None, size: str | None, readout: str | None,
+             source: str = "finetune --data") -> dict:
+    """The run file: ``base`` (``--config`` and the flags, from ``source``) with the keys the data decides."""
     for key in SET_HERE:
         if key in base:
-            raise InputError(f"set by --data (the file decides it), not by the run file", field=key)
+            raise InputError("set by --data (the file decides it), not by the run file", path=source, field=key)
     run = {"task": task, "store": str(store), **base}
     if target is not None:
         run["target"] = target
@@ -234,6 +235,9 @@ def evaluate(out: Path, pretrained: str | None, store_path: Path, target: str | 
     t0 = time.time()
     result = {"final": test_errors(final, meta, store, test, target),
               "step0": test_errors(start_model(final, meta, pretrained), meta, store, test, target, upstream)}
+    if not pretrained or pretrained == "none":
+        result["step0"]["note"] = ("from scratch: the model's initial scale factors; the run fits them on its first "
+                                   "batches before step 0")
     result["evaluation_s"] = round(time.time() - t0, 2)
     return result
 
@@ -242,7 +246,7 @@ def evaluate(out: Path, pretrained: str | None, store_path: Path, target: str | 
 
 
 def finetune_data(opts: DataOptions, out: str | Path, pretrained: str | None, base: dict, *, size: str | None = None,
-                  readout: str | None = None, cache: str | Path | None = None) -> dict:
+                  readout: str | None = None, cache: str | Path | None = None, source: str = "finetune --data") -> dict:
     """Prepare (or reuse) the store, write the split and the run file, run :func:`run_finetune`,
     and record the test errors; returns ``OUT/data.json``'s content (with ``metrics``)."""
     from atomsift.fsio import write_json, write_text
@@ -258,8 +262,9 @@ def finetune_data(opts: DataOptions, out: str | Path, pretrained: str | None, ba
         raise InputError("pretrained checkpoint does not exist", path=pretrained, field="--pretrained")
     store_path, task, target = prepare(opts, cache_root(cache))
     prepared_s = time.time() - t0
-    run = run_file(base, task, store_path, target, size or ("size" not in base and checkpoint_size(pretrained)) or None, readout)
-    cfg = finetune_config_from_dict(run, "finetune --data")  # the flags' errors name the key, before any output
+    run = run_file(base, task, store_path, target, size or ("size" not in base and checkpoint_size(pretrained)) or None,
+                   readout, source)
+    cfg = finetune_config_from_dict(run, source)  # the flags' errors name the key, before any output
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sizes = write_split(out, store_path, opts.split_seed)
