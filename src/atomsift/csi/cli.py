@@ -353,6 +353,8 @@ def _select(args) -> int:
     if args.json:
         print_json(result)
     else:
+        import sys
+
         text = sys.stderr if args.best else sys.stdout
         for r in ranking:
             print(f"{r['upstream']:<20} {r['csi']:.6g}", file=text)
