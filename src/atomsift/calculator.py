@@ -113,7 +113,7 @@ def checkpoint_graph(meta: dict, head: str, model=None, path=None):
     """The graph settings a head was trained with: those stored by finetuning (``meta["graph"]``),
     else those of its dataset family (``meta["dataset"]``, a pretraining head's dataset, or the
     head's own name, as JMP's heads are named), with the model's neighbour rule where it has one."""
-    from atomsift.data.graphs import GraphSettings, graph_settings
+    from atomsift.data.graphs import GraphSettings
 
     stored = meta.get("graph")
     if isinstance(stored, dict):
@@ -124,12 +124,18 @@ def checkpoint_graph(meta: dict, head: str, model=None, path=None):
         except (TypeError, ValueError) as exc:
             raise InputError(f"bad graph settings ({exc})", path=path, field="meta.graph") from None
     datasets = meta.get("datasets") if isinstance(meta.get("datasets"), dict) else {}
-    family = meta.get("dataset") or datasets.get(head) or head
-    return with_rule(graph_settings(family), getattr(model, "graph_rule", None))
+    return family_graph(meta.get("dataset") or datasets.get(head) or head, model)
 
 
-def with_rule(settings, rule: str | None):
-    """``settings`` with the neighbour rule ``rule`` (where this build's graphs have rules)."""
+def family_graph(family: str, model=None):
+    """The graph settings ``model`` uses for a dataset family: JMP's table entry with the model's
+    neighbour rule and graph overrides where it records them (``GemNetModel.graph_for``)."""
+    from atomsift.data.graphs import graph_settings
+
+    if hasattr(model, "graph_for"):
+        return model.graph_for(family)
+    settings = graph_settings(family)
+    rule = getattr(model, "graph_rule", None)
     if rule is None or "rule" not in {f.name for f in dataclasses.fields(settings)}:
         return settings
     return dataclasses.replace(settings, rule=rule)
@@ -182,7 +188,7 @@ class AtomsiftCalculator(Calculator):
         super().__init__(**kwargs)
         import torch
 
-        from atomsift.data.graphs import GraphSettings, graph_settings
+        from atomsift.data.graphs import GraphSettings
 
         self.path = None
         if isinstance(model, (str, Path)):
@@ -202,7 +208,7 @@ class AtomsiftCalculator(Calculator):
         elif isinstance(graph, GraphSettings):
             self.graph = graph
         else:
-            self.graph = with_rule(graph_settings(str(graph)), getattr(model, "graph_rule", None))
+            self.graph = family_graph(str(graph), model)
         if int(batch_size) < 1:
             raise InputError(f"must be at least 1, got {batch_size}", field="batch_size")
         self.batch_size = int(batch_size)
