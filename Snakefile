@@ -3,6 +3,7 @@
 #   snakemake --cores all                                            embedded mini-universe
 #   snakemake results/table2.csv                                     one artefact
 #   snakemake --configfile workflow/configs/paper.yaml --profile slurm   the paper's grid
+#   snakemake --report results/report.html                          the results as one HTML page
 #
 # The grid (config.yaml, or the files given with --configfile) is validated against
 # workflow/schemas/config.schema.yaml before anything runs. Rules are thin: each calls one
@@ -11,6 +12,11 @@
 from snakemake.utils import min_version
 
 min_version("9.0")
+
+
+# `snakemake --report results/report.html`: one self-contained page with every table, figure and
+# the report (outputs tagged with report() in the rule files; captions in workflow/report/)
+report: "workflow/report/workflow.rst"
 
 
 # config.yaml is the default; --configfile replaces it instead of being merged into it.

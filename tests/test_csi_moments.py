@@ -231,6 +231,12 @@ def test_moments_select_table_figure_end_to_end(small_store, tmp_path, fake_extr
         assert r["csi"] == pytest.approx(frechet_distance(u.mean, u.cov, d.mean, d.cov), rel=1e-12)
     # min-atoms default 4: only structures with >= 4 atoms were used
     assert res["n_structures"] == sum(len(a) >= 4 for a in frames)
+    # --best: the recommended name alone on stdout (for UP=$(...)), the ranking on stderr
+    assert main(["select", str(data), "--upstream", f"A={ups['a']}", "--upstream", f"B={ups['b']}", "--best"]) == 0
+    out, err = capsys.readouterr()
+    assert out == res["ranking"][0]["upstream"] + "\n" and res["recommendation"] in err
+    assert main(["select", str(data), "--upstream", f"A={ups['a']}", "--best", "--json"]) == 2
+    assert "give --json or --best, not both" in capsys.readouterr().err
 
     # a wrong extractor is refused with one line naming the moments file
     assert main(["select", str(data), "--upstream", f"A={ups['a']}", "--extractor", "other"]) == 2

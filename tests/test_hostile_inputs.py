@@ -32,7 +32,7 @@ import fixtures_molecules as F
 from atomsift.csi.moments import Moments, load_moments, save_moments
 from atomsift.data.store import StoreWriter
 from atomsift.errors import InputError
-from atomsift.report import grid as G
+from atomsift.workflow import grid as G
 from atomsift.train import config as TC
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Report builders: tables in the paper's layout, Figs. 1/4, the report, published numbers, profiles."""
+"""Report builders: tables in the paper's layout, Figs. 1/4, the report, published numbers."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import yaml
 
 from atomsift.cli import main
 from atomsift.errors import InputError
-from atomsift.report import figures, grid as G, published, report, tables
-from atomsift.report.profiles import install
+from atomsift.report import figures, published, report, tables
+from atomsift.workflow import grid as G
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = Path("/work/shared/reference/PAPER.md")
@@ -400,29 +400,3 @@ def test_published_fig_values():
     assert published.FIG1["compute_ratio"] == 240_000_000 // 10_000_000
     assert [published.FIG4["added"][k] for k in published.ID_TASKS] == [7.8, 3.21, 6.00, 3.1]
     assert published.FIG9["oc20"] == {"random": 4676, "balanced": 8478, "total": 8478}
-
-
-# ---------------------------------------------------------------------------------------------
-# profiles
-
-
-def test_profile_install_links_and_is_idempotent(tmp_path):
-    link, target, changed = install("slurm", source=str(ROOT / "profiles"), dest=str(tmp_path))
-    assert changed and link.is_symlink() and link.resolve() == (ROOT / "profiles/slurm").resolve()
-    assert install("slurm", source=str(ROOT / "profiles"), dest=str(tmp_path))[2] is False
-    other = tmp_path / "local"
-    other.mkdir()
-    (other / "config.yaml").write_text("cores: 1\n")
-    with pytest.raises(InputError, match="is not a link to"):
-        install("local", source=str(ROOT / "profiles"), dest=str(tmp_path))
-
-
-def test_slurm_profile_settings():
-    prof = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
-    assert prof["executor"] == "slurm"
-    assert prof["slurm-status-command"] == "squeue"
-    assert prof["slurm-init-seconds-before-status-checks"] == 8
-    gpu_rules = {r for r, res in prof["set-resources"].items() if "gpu" in res}
-    assert gpu_rules == {"pretrain", "finetune", "moments"}
-    # CPU settings per task must not shadow --cpus-per-gpu (the plugin prefers cpus_per_task)
-    assert "cpus_per_task" not in prof["default-resources"]

@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from atomsift.errors import InputError
-from atomsift.report import grid as G
+from atomsift.workflow import grid as G
+from atomsift.workflow.profiles import install
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or shutil.which("snakemake")
@@ -355,16 +356,24 @@ def small_real_grid() -> dict:
     return config
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-@pytest.mark.skipif(not _verbs_available(), reason="the training / data verbs are not installed")
-def test_local_end_to_end_run_makes_a_table_and_a_figure(tmp_path):
-    wd = workdir(tmp_path, small_real_grid())
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    """The small real grid run once for the tests below: (working directory, environment)."""
+    if not _verbs_available():
+        pytest.skip("the training / data verbs are not installed")
+    wd = workdir(tmp_path_factory.mktemp("local"), small_real_grid())
+    env = dict(os.environ, OMP_NUM_THREADS="1", ATOMSIFT_CACHE=str(wd / "cache"))
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     res = snakemake(wd, "results/table1.csv", "results/figures/fig3.png", "--cores", "2", env=env, timeout=880)
     logs = sorted((wd / "results/logs").rglob("*.log")) if (wd / "results/logs").exists() else []
     assert res.returncode == 0, (res.stderr[-3000:], [(str(p), p.read_text()[-1500:]) for p in logs if "Error" in p.read_text()])
+    return wd, env
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_local_end_to_end_run_makes_a_table_and_a_figure(local_run):
+    wd, _ = local_run
     lines = (wd / "results/table1.csv").read_text().splitlines()
     assert lines[0] == "budget,N,E,C,upstream,backbone,rmd17"
     assert [ln.split(",")[4] for ln in lines[1:]] == ["ani1x", "none"]
@@ -374,6 +383,101 @@ def test_local_end_to_end_run_makes_a_table_and_a_figure(tmp_path):
     # the finetuning run really started from the pretrained checkpoint
     metrics = json.loads((wd / "results/finetune/rmd17/ani1x/40x1/tiny/s0/metrics.json").read_text())
     assert metrics["pretrained"].endswith("results/pretrain/ani1x/40x1/tiny/model.pt")
+
+
+# third-party chatter that must not reach a job's log (Lightning's tips and info lines, warnings
+# about our deliberate settings, deprecations inside torch / Lightning)
+NOISE = ("Tip:", "litlogger", "litmodels", "GPU available", "TPU available", "PossibleUserWarning", "deprecated",
+         "weights_only", "Warning", "`Trainer.fit` stopped", "exists and is not empty")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_job_logs_are_one_summary_line(local_run):
+    wd, _ = local_run
+    logs = sorted((wd / "results/logs").rglob("*.log"))
+    rules = {p: p.relative_to(wd / "results/logs").parts[0] for p in logs}
+    assert {"generate", "moments", "pretrain", "finetune", "table", "csi_part", "csi_figure"} <= set(rules.values())
+    for p, rule in rules.items():
+        if rule.endswith("_run") or rule == "report_spec":
+            continue  # template rules (run files, report specs) run no verb
+        text = p.read_text()
+        assert len(text.splitlines()) == 1, (str(p), text[-2000:])
+        assert not any(n in text for n in NOISE), (str(p), text)
+    finetune = (wd / "results/logs/finetune/rmd17/ani1x/40x1/tiny/s0.log").read_text()
+    assert re.fullmatch(r"finetune: task=rmd17, target=forces, (seed=0, )?test_mae=[0-9.]+, unit=meV/Å, "
+                        r"tested_weights=final_ema, wall_time_s=[0-9.]+\n", finetune), finetune
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_snakemake_report_is_one_page_with_the_tables_and_figures(local_run, tmp_path):
+    """`snakemake --report` embeds the tagged outputs with their captions; in headless Chromium
+    (when installed; CI installs it) the rendered page lists and shows them (.ci/check_report.py)."""
+    wd, env = local_run
+    res = snakemake(wd, "results/table1.csv", "results/figures/fig3.png", "--report", "results/report.html", env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    page = (wd / "results/report.html").read_text()
+    for name in ("results/table1.csv", "results/html/table1.html", "results/figures/fig3.png"):
+        assert f'"{name}"' in page, name
+    # embedded, not linked: the files travel in the page as data URIs
+    assert "data:image/png;charset=utf8;filename=fig3.png;base64," in page
+    assert "data:text/html;charset=utf8;filename=table1.html;base64," in page
+    assert "Paper Table 1: test MAE of each finetuning cell" in page  # the table's caption, rendered
+    assert "from one Snakemake DAG" in page  # the workflow description (workflow/report/workflow.rst)
+    assert "<table>" in (wd / "results/html/table1.html").read_text()
+    if shutil.which("chromium") is None:
+        pytest.skip("chromium is not installed here (.ci/run installs it and runs this check)")
+    check = subprocess.run([sys.executable, str(ROOT / ".ci/check_report.py"), str(wd / "results/report.html"),
+                            "--expect", "table1", "--expect", "fig3", "--shots", str(tmp_path)],
+                           capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "fig3.png" in check.stdout and (tmp_path / "report-figure.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# the README's worked example at small sizes: each of these must occur in it
+SMALL = {"--n 200": "--n 40", "300x4": "40x1", "--epochs 10": "--epochs 1", "dyn.run(200)": "dyn.run(20)"}
+
+
+def readme_example() -> tuple[str, str]:
+    """The bash and the Python block of the README's "From your file to a model", at small sizes."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## From your file to a model", 1)[1].split("\n## ", 1)[0]
+    bash = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    python = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    for big, small in SMALL.items():
+        assert big in bash + python, f"the README's example no longer has {big!r}: update SMALL"
+        bash, python = bash.replace(big, small), python.replace(big, small)
+    return bash, python
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_readme_worked_example_runs_at_small_sizes(local_run):
+    """File -> ranked upstream -> finetuned model -> MD trajectory, with the README's commands alone
+    (the bash block as one script, as a user pastes it; then the Python block)."""
+    wd, env = local_run
+    bash, python = readme_example()
+    verbs = [ln.split()[:2] for ln in bash.splitlines() if ln.strip() and not ln.startswith("#")]
+    assert [v[0] for v in verbs] == ["snakemake", "atomsift", "UP=$(atomsift", "snakemake", "atomsift"]
+    res = subprocess.run(["bash", "-euo", "pipefail", "-c", bash], cwd=wd, env=env, capture_output=True, text=True,
+                         timeout=800)
+    assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-3000:])
+    # the ranking went to the terminal (stderr); the recommended upstream is the one finetuned from
+    ranking = [ln.split()[0] for ln in res.stderr.splitlines() if re.match(r"^(ani1x|oc20)\s+[0-9.eE+-]+(\s|$)", ln)]
+    assert set(ranking) == {"ani1x", "oc20"}, res.stderr[-2000:]
+    rec = json.loads((wd / "ft-ethanol/data.json").read_text())
+    assert rec["task"] == "energy-forces" and rec["pretrained"] == f"results/pretrain/{ranking[0]}/40x1/tiny/model.pt"
+    assert "finetune --data: energy-forces on ethanol.extxyz" in res.stderr
+    (wd / "md_example.py").write_text(python)
+    res = subprocess.run([sys.executable, "md_example.py"], cwd=wd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    from ase.io import read
+
+    traj = read(wd / "md.traj", index=":")
+    assert len(traj) == 21
+    etot = [a.get_total_energy() for a in traj]
+    assert max(etot) - min(etot) < 1e-3 * len(traj[0])  # eV: within 1 meV/atom over the 10 fs
 
 
 def test_lint_is_clean(tmp_path):
@@ -413,3 +517,29 @@ def test_bare_profile_name_works_after_profile_install(tmp_path):
     dry = snakemake(wd, "--profile", "slurm", "-n", "results/table1.csv", env=env)
     assert dry.returncode == 0, dry.stdout[-2000:] + dry.stderr[-2000:]
     assert "Using profile slurm" in dry.stdout + dry.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# profiles
+
+
+def test_profile_install_links_and_is_idempotent(tmp_path):
+    link, target, changed = install("slurm", source=str(ROOT / "profiles"), dest=str(tmp_path))
+    assert changed and link.is_symlink() and link.resolve() == (ROOT / "profiles/slurm").resolve()
+    assert install("slurm", source=str(ROOT / "profiles"), dest=str(tmp_path))[2] is False
+    other = tmp_path / "local"
+    other.mkdir()
+    (other / "config.yaml").write_text("cores: 1\n")
+    with pytest.raises(InputError, match="is not a link to"):
+        install("local", source=str(ROOT / "profiles"), dest=str(tmp_path))
+
+
+def test_slurm_profile_settings():
+    prof = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    assert prof["executor"] == "slurm"
+    assert prof["slurm-status-command"] == "squeue"
+    assert prof["slurm-init-seconds-before-status-checks"] == 8
+    gpu_rules = {r for r, res in prof["set-resources"].items() if "gpu" in res}
+    assert gpu_rules == {"pretrain", "finetune", "moments"}
+    # CPU settings per task must not shadow --cpus-per-gpu (the plugin prefers cpus_per_task)
+    assert "cpus_per_task" not in prof["default-resources"]

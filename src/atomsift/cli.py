@@ -23,6 +23,7 @@ VERB_MODULES = (
     "atomsift.csi.cli",
     "atomsift.train.cli",
     "atomsift.report.cli",
+    "atomsift.workflow.cli",
 )
 
 

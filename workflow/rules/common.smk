@@ -1,5 +1,5 @@
 # Configuration validation and input functions shared by every rule file.
-# The grid expansion and the results/ layout live in atomsift.report.grid (tested there and
+# The grid expansion and the results/ layout live in atomsift.workflow.grid (tested there and
 # shared with the report builders); this file only binds them to the loaded config.
 
 import os
@@ -10,7 +10,7 @@ import sys
 
 
 from atomsift.errors import InputError
-from atomsift.report import grid as G
+from atomsift.workflow import grid as G
 
 # Jobs call `atomsift` by name. Run by `.venv/bin/snakemake` without an activated environment,
 # they find the atomsift installed beside this interpreter (an atomsift already on PATH, or a
@@ -137,6 +137,8 @@ def csi_figure_part(wildcards):
 def final_outputs():
     """Everything `snakemake` with no target builds."""
     out = [f"{G.RESULTS}/{t}.{ext}" for t in config["tables"] for ext in ("csv", "md")]
+    # the rendered tables and report: Snakemake's report page (`snakemake --report`) shows them
+    out += [f"{G.RESULTS}/html/{t}.html" for t in [*config["tables"], "report"]]
     out += [G.csi_table(e) for e in G.extractors_used(config)]
     out += [f"{G.RESULTS}/figures/{f}.png" for f in G.figures(config)]
     out.append(f"{G.RESULTS}/report.md")

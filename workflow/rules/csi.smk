@@ -3,6 +3,17 @@
 # coverage (Fig. 9).
 
 
+localrules:
+    selection,
+
+
+# `snakemake --cores all selection`: the upstream statistics `atomsift select FILE` ranks your
+# data against (README, "From your file to a model")
+rule selection:
+    input:
+        G.selection_moments(config),
+
+
 rule moments:
     input:
         store=lambda w: G.store_dir(w.dataset),
@@ -49,7 +60,12 @@ rule csi_table:
     input:
         csi_parts_of,
     output:
-        G.csi_table("{extractor}"),
+        report(
+            G.csi_table("{extractor}"),
+            caption="../report/csi_table.rst",
+            category="CSI",
+            labels={"extractor": "{extractor}"},
+        ),
     log:
         f"{LOGS}/csi_table/{{extractor}}.log",
     conda:
@@ -62,7 +78,12 @@ rule csi_figure:
     input:
         csi_figure_part,
     output:
-        f"{G.RESULTS}/figures/{{fig}}.png",
+        report(
+            f"{G.RESULTS}/figures/{{fig}}.png",
+            caption="../report/csi_figure.rst",
+            category="Figures",
+            labels={"figure": "{fig}"},
+        ),
     params:
         title=lambda w: G.csi_figure_title(config, w.fig),
     wildcard_constraints:
@@ -95,7 +116,7 @@ rule coverage_figure:
     input:
         [G.coverage_file(d) for d in G.coverage_datasets(config)],
     output:
-        f"{G.RESULTS}/figures/fig9.png",
+        report(f"{G.RESULTS}/figures/fig9.png", caption="../report/coverage.rst", category="Figures", labels={"figure": "fig9"}),
     log:
         f"{LOGS}/coverage_figure/fig9.log",
     conda:

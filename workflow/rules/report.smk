@@ -25,8 +25,19 @@ rule table:
         spec=f"{G.RESULTS}/runs/report/{{table}}.yaml",
         metrics=lambda w: G.table_inputs(config, w.table),
     output:
-        csv=f"{G.RESULTS}/{{table}}.csv",
+        csv=report(
+            f"{G.RESULTS}/{{table}}.csv",
+            caption="../report/table.rst",
+            category="Tables",
+            labels={"table": "{table}", "view": "data (CSV)"},
+        ),
         md=f"{G.RESULTS}/{{table}}.md",
+        html=report(
+            f"{G.RESULTS}/html/{{table}}.html",
+            caption="../report/table.rst",
+            category="Tables",
+            labels={"table": "{table}", "view": "HTML"},
+        ),
     wildcard_constraints:
         table=alternatives(config["tables"]),
     log:
@@ -34,7 +45,7 @@ rule table:
     conda:
         ENV
     shell:
-        "atomsift table --config {input.spec} --out {output.csv} > {log} 2>&1"
+        "atomsift table --config {input.spec} --out {output.csv} --html {output.html} > {log} 2>&1"
 
 
 rule figure:
@@ -42,7 +53,12 @@ rule figure:
         spec=f"{G.RESULTS}/runs/report/{{fig}}.yaml",
         data=lambda w: G.figure_inputs(config, w.fig),
     output:
-        f"{G.RESULTS}/figures/{{fig}}.png",
+        report(
+            f"{G.RESULTS}/figures/{{fig}}.png",
+            caption="../report/figure.rst",
+            category="Figures",
+            labels={"figure": "{fig}"},
+        ),
     wildcard_constraints:
         fig="fig1|fig4",
     log:
@@ -58,10 +74,21 @@ rule report:
         spec=f"{G.RESULTS}/runs/report/report.yaml",
         data=G.report_inputs(config),
     output:
-        f"{G.RESULTS}/report.md",
+        md=report(
+            f"{G.RESULTS}/report.md",
+            caption="../report/report.rst",
+            category="Report",
+            labels={"document": "report", "view": "source (Markdown)"},
+        ),
+        html=report(
+            f"{G.RESULTS}/html/report.html",
+            caption="../report/report.rst",
+            category="Report",
+            labels={"document": "report", "view": "HTML"},
+        ),
     log:
         f"{LOGS}/report/report.log",
     conda:
         ENV
     shell:
-        "atomsift report --config {input.spec} --out {output} > {log} 2>&1"
+        "atomsift report --config {input.spec} --out {output.md} --html {output.html} > {log} 2>&1"

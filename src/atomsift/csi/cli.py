@@ -67,6 +67,8 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda[:i], or auto (default: cuda when available, for eqv2)")
     p.add_argument("--save-moments", help="also save the downstream moments here (.npz)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--best", action="store_true", help="print only the recommended upstream's name on stdout (the "
+                                                       "ranking goes to stderr): UP=$(atomsift select FILE --best)")
     p.set_defaults(func=_select)
 
     p = sub.add_parser("csi-table", help="CSV of CSI for every (upstream, downstream) pair of moments files")
@@ -313,6 +315,8 @@ def _select(args) -> int:
 
     _sample_size(args.n)
     _positive(args.batch_size, "--batch-size")
+    if args.best and args.json:
+        raise InputError("give --json or --best, not both", field="--best")
     if args.save_moments:
         _output(args.save_moments)
     named = parse_named(args.upstream)
@@ -372,15 +376,20 @@ def _select(args) -> int:
     if args.json:
         print_json(result)
     else:
+        import sys
+
+        text = sys.stderr if args.best else sys.stdout
         level = round(100 * ranking[0]["_estimate"].level)
-        print(f"{'upstream':<20} {'CSI':>12} {'corrected':>12}  {level}% interval")
+        print(f"{'upstream':<20} {'CSI':>12} {'corrected':>12}  {level}% interval", file=text)
         for r in ranking:
             e = r["_estimate"]
             interval = f"[{e.low:.4g}, {e.high:.4g}]" if e.has_interval else "–"
             mark = "  (tied with the lowest)" if r["tied_with_lowest"] and len(tied) > 1 else ""
             corr = f"{e.corrected:.5g}" if e.has_interval else "–"
-            print(f"{r['upstream']:<20} {e.value:>12.5g} {corr:>12}  {interval}{mark}")
-        print(result["recommendation"])
+            print(f"{r['upstream']:<20} {e.value:>12.5g} {corr:>12}  {interval}{mark}", file=text)
+        print(result["recommendation"], file=text)
+        if args.best:
+            print(ranking[0]["upstream"])
     return 0
 
 
@@ -420,7 +429,9 @@ def _figure(args) -> int:
             rows += read_table(t)
         rows = figures.filter_rows(rows, extractor=args.extractor, sampling=args.sampling, agg=args.agg)
         figures.csi_bars(rows, args.out, tasks=args.tasks, upstreams=args.upstreams, title=args.title, log=args.log)
-    print(args.out)
+        print(f"{len(rows)} CSI values -> {args.out}")
+        return 0
+    print(f"coverage of {len(args.table)} dataset(s) -> {args.out}")
     return 0
 
 

@@ -13,6 +13,8 @@ def register(sub) -> None:
     p.add_argument("--energy-key", help="key of the energy (ase: info key; ani1x: level of theory, e.g. wb97x_dz.energy)")
     p.add_argument("--forces-key", help="key of the forces (ase: arrays key; ani1x: e.g. wb97x_dz.forces)")
     p.add_argument("--class-key", help="ase: info key holding the class label (default: the formula)")
+    p.add_argument("--target-key", dest="target_keys", action="append", metavar="KEY",
+                   help="ase: a scalar target, an info key or calculator result (repeatable)")
     p.add_argument("--metadata", help="oc20/oc22: metadata pickle with bulk_symbols per system")
     p.add_argument("--ref-energies", help="oc20: reference energies (.txt or .pkl) to turn referenced into total energies")
     p.add_argument("--total-energy", action="store_true", help="oc20: store total instead of referenced energies")
@@ -50,7 +52,7 @@ def register(sub) -> None:
     register_mini(sub)
 
 
-_READER_OPTIONS = ("subset", "energy_key", "forces_key", "class_key", "metadata", "ref_energies", "total_energy", "fold", "seed", "limit")
+_READER_OPTIONS = ("subset", "energy_key", "forces_key", "class_key", "target_keys", "metadata", "ref_energies", "total_energy", "fold", "seed", "limit")
 
 
 def _prepare(args) -> int:
@@ -75,8 +77,9 @@ def _prepare(args) -> int:
     if args.json:
         print_json(info)
     else:
-        print(f"prepared {args.dataset}: {info['n_structures']} structures, {info['n_atoms']} atoms -> {out} ({time.perf_counter() - t0:.1f} s)")
-        _print_info(info)
+        splits = ", ".join(f"{k} {v}" for k, v in info["splits"].items())
+        print(f"prepared {args.dataset}: {info['n_structures']} structures, {info['n_atoms']} atoms, elements "
+              f"{info['elements']}, splits {splits or 'none'} -> {out} ({time.perf_counter() - t0:.1f} s; details: atomsift info)")
     return 0
 
 

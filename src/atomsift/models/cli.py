@@ -16,14 +16,21 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_model_info)
 
-    p = sub.add_parser("predict", help="energy (eV) and forces (eV/A) of every frame of an ASE-readable file")
+    p = sub.add_parser("predict", help="energy (eV) and forces (eV/A) of every frame of an ASE-readable file",
+                       description="Predictions of a checkpoint's head for every frame, through atomsift.calculator "
+                                   "(the head, graph settings and units taken from the checkpoint; a scalar head gives "
+                                   "its target). Without --checkpoint: random weights from --seed.")
     p.add_argument("file")
     p.add_argument("--size", choices=SIZES, default="tiny", help="model size when no checkpoint is given")
     p.add_argument("--checkpoint", help="atomsift or JMP checkpoint (default: random weights from --seed)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dataset", default="ase", help="graph settings of this dataset family (default: 12 A, k=30, pbc from the file)")
-    p.add_argument("--head", help="head of the checkpoint to use (default: the first energy head)")
+    p.add_argument("--dataset", help="use the graph settings of this dataset family instead of the checkpoint's "
+                                     "(without a checkpoint: 12 A, k=30, pbc from the file)")
+    p.add_argument("--head", help="head of the checkpoint to use (default: a finetuned model's head, else the first energy head)")
+    p.add_argument("--stress", action="store_true", help="also the stress (periodic structures, gradient-force heads)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto", help="cpu, cuda[:i], or auto (default: cuda when available)")
+    p.add_argument("--float64", action="store_true", help="evaluate in float64")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_predict)
 
@@ -56,49 +63,40 @@ def _predict(args) -> int:
 
     path = require_file(args.file)
     frames = read_frames(path)  # the structure checks every verb shares, before torch is imported
+    if args.batch_size < 1:
+        raise InputError(f"must be at least 1, got {args.batch_size}", field="--batch-size")
+    if args.checkpoint:
+        require_file(args.checkpoint, "checkpoint")
 
-    import numpy as np
+    from ase.calculators.calculator import PropertyNotImplementedError
 
+    from atomsift.calculator import AtomsiftCalculator
     from atomsift.fsio import print_json
-    from atomsift.data.batch import from_atoms
-    from atomsift.data.graphs import graph_settings
-    from atomsift.models.checkpoint import load_checkpoint
-    from atomsift.models.heads import HeadSpec
-    from atomsift.models.model import build_model
 
     if args.checkpoint:
-        model, _ = load_checkpoint(args.checkpoint)
-        specs = model.head_specs
-        head = args.head or next((k for k, v in specs.items() if v.kind != "scalar"), None)
-        if head is None or head not in specs or specs[head].kind == "scalar":
-            raise InputError(f"checkpoint has no energy head{'' if args.head is None else ' named ' + args.head}", path=args.checkpoint, field="heads")
+        model, meta = args.checkpoint, None
     else:
-        head = "energy"
-        model = build_model(args.size, {head: HeadSpec("energy_grad_forces")}, direct_forces_backbone=False, seed=args.seed)
-    model.eval()
-    settings = graph_settings(args.dataset)
-    dtype = next(model.parameters()).dtype
-    out_frames = []
-    for lo in range(0, len(frames), max(1, args.batch_size)):
-        chunk = [a.copy() for a in frames[lo : lo + args.batch_size]]
-        for a in chunk:
-            a.calc = None
-        batch = from_atoms(chunk, dtype=dtype)
-        batch.dataset = args.dataset
-        res = model(batch, head, graph=settings)
-        e = res["energy"].detach().double().numpy()
-        f = res.get("forces")
-        f = None if f is None else f.detach().double().numpy()
-        offs = np.concatenate([[0], np.cumsum(batch.natoms.numpy())])
-        for j in range(len(chunk)):
-            fr = {"energy": float(e[j])}
-            if f is not None:
-                fr["forces"] = f[offs[j] : offs[j + 1]].tolist()
-            out_frames.append(fr)
-    result = {"file": str(path), "head": head, "frames": out_frames}
+        from atomsift.models.heads import HeadSpec
+        from atomsift.models.model import build_model
+
+        model = build_model(args.size, {"energy": HeadSpec("energy_grad_forces")}, direct_forces_backbone=False, seed=args.seed)
+        meta = {}
+    calc = AtomsiftCalculator(model, meta=meta, head=args.head, graph=args.dataset, device=args.device,
+                              dtype="float64" if args.float64 else None, batch_size=args.batch_size)
+    props = [p for p in ("energy", "forces") if p in calc.implemented_properties] or calc.implemented_properties[:1]
+    if args.stress:
+        props.append("stress")
+    try:
+        results = calc.calculate_batch(frames, props)
+    except PropertyNotImplementedError as exc:
+        raise InputError(str(exc), path=args.checkpoint, field="--stress" if args.stress else "heads") from None
+    out_frames = [{k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in r.items() if k != "free_energy"} for r in results]
+    result = {"file": str(path), "head": calc.head, "calculator": calc.describe(), "frames": out_frames}
     if args.json:
         print_json(result)
     else:
+        key = props[0]
+        unit = " eV" if key == "energy" else ""
         for i, fr in enumerate(out_frames):
-            sys.stdout.write(f"{i}\t{fr['energy']:.6f} eV\n")
+            sys.stdout.write(f"{i}\t{fr[key]:.6f}{unit}\n")
     return 0

@@ -1,10 +1,6 @@
-"""Verbs of atomsift.report: table, figure, report, profile."""
+"""Verbs of atomsift.report: table, figure, report."""
 
 from __future__ import annotations
-
-
-
-PROFILES = ("slurm", "local")
 
 
 def register(sub) -> None:
@@ -16,6 +12,7 @@ def register(sub) -> None:
     g.add_argument("--config", help="table spec YAML (rows, tasks, one metrics file per cell)")
     g.add_argument("--merge-csi", nargs="+", metavar="CSV", help="CSI tables with the same columns to concatenate")
     p.add_argument("--out", required=True, help="CSV to write (the Markdown twin goes beside it as .md)")
+    p.add_argument("--html", help="--config: also write the table as an HTML page here (for snakemake --report)")
     p.set_defaults(func=_table)
 
     p = sub.add_parser("figure", help="Fig. 1 (lowest-CSI upstream vs mixed baseline) or Fig. 4 (adding worst-CSI data)")
@@ -27,16 +24,8 @@ def register(sub) -> None:
     p = sub.add_parser("report", help="results/report.md: ours beside the paper, CSI verdicts, compute spent")
     p.add_argument("--config", required=True, help="report spec YAML written by the DAG")
     p.add_argument("--out", required=True, help="Markdown file")
+    p.add_argument("--html", help="also write the report as an HTML page here (for snakemake --report)")
     p.set_defaults(func=_report)
-
-    p = sub.add_parser("profile", help="install a Snakemake profile of this project under ~/.config/snakemake")
-    psub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    q = psub.add_parser("install", help="link profiles/NAME to ~/.config/snakemake/NAME (so --profile NAME works)")
-    q.add_argument("name", choices=PROFILES)
-    q.add_argument("--from", dest="source", help="the project's profiles/ directory (default: found from the checkout)")
-    q.add_argument("--dest", help="profile directory root (default: $XDG_CONFIG_HOME/snakemake or ~/.config/snakemake)")
-    q.add_argument("--force", action="store_true", help="replace an existing, different profile of that name")
-    q.set_defaults(func=_profile_install)
 
 
 def _table(args) -> int:
@@ -47,8 +36,10 @@ def _table(args) -> int:
         print(f"{n} CSI rows -> {args.out}")
         return 0
     spec = tables.load_spec(args.config)
-    csv_path, md_path = tables.write_table(spec, args.out)
-    print(f"{csv_path}\n{md_path}")
+    csv_path, md_path = tables.write_table(spec, args.out, args.html)
+    outs = ", ".join(str(p) for p in (csv_path, md_path, args.html) if p)
+    print(f"{spec.get('table', 'table')}: {len(spec.get('rows', []))} rows x {len(spec.get('tasks', []))} tasks "
+          f"({len(spec.get('cells', []))} finetuning runs) -> {outs}")
     return 0
 
 
@@ -77,18 +68,6 @@ def _report(args) -> int:
     from atomsift.report.report import write_report
     from atomsift.report.tables import load_spec
 
-    out = write_report(load_spec(args.config), args.out)
-    print(out)
+    out = write_report(load_spec(args.config), args.out, args.html)
+    print(", ".join(str(p) for p in (out, args.html) if p))
     return 0
-
-
-def _profile_install(args) -> int:
-    from atomsift.report.profiles import install
-
-    link, target, changed = install(args.name, source=args.source, dest=args.dest, force=args.force)
-    state = "installed" if changed else "already installed"
-    print(f"{state}: {link} -> {target}  (use: snakemake --profile {args.name})")
-    return 0
-
-
-

@@ -17,7 +17,7 @@ from atomsift.errors import InputError
 from atomsift.fsio import save_figure
 from atomsift.safeio import read_text
 
-from .grid import parse_budget
+from atomsift.workflow.grid import parse_budget
 from .published import UPSTREAM_LABELS
 from .tables import collect, mean_sd
 

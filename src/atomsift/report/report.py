@@ -28,7 +28,7 @@ from atomsift.fsio import write_text
 from . import published
 from . import stats as S
 from .figures import read_csi_estimates
-from .grid import NONE, budget_label, parse_budget
+from atomsift.workflow.grid import NONE, budget_label, parse_budget
 from .published import UPSTREAM_LABELS
 from .tables import build, collect, mean_sd
 
@@ -514,7 +514,13 @@ def build_report(spec: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(spec: dict, out: str | Path) -> Path:
+def write_report(spec: dict, out: str | Path, html: str | Path | None = None) -> Path:
+    """Write the report's Markdown to ``out`` and, if asked, its HTML rendering to ``html``."""
     out = Path(out)
-    write_text(out, build_report(spec))
+    text = build_report(spec)
+    write_text(out, text)
+    if html is not None:
+        from atomsift.report.html import markdown_to_html
+
+        write_text(html, markdown_to_html(text, "atomsift report"))
     return out

@@ -1,6 +1,6 @@
 """The paper's tables (1-5) from finetuning metrics files.
 
-A table spec (written by the DAG, see :func:`atomsift.report.grid.table_spec`) lists the rows
+A table spec (written by the DAG, see :func:`atomsift.workflow.grid.table_spec`) lists the rows
 (upstream, budget, backbone; the no-pretraining baseline last), the task columns and one
 metrics file per (task, row, seed). Each value is the test MAE in the paper's units averaged
 over seeds; the CSV holds the means, the Markdown table mean ± sd with the best pretrained row
@@ -19,7 +19,7 @@ from atomsift.errors import InputError
 from atomsift.fsio import write_text
 from atomsift.safeio import read_text
 
-from .grid import NONE, budget_label, parse_budget
+from atomsift.workflow.grid import NONE, budget_label, parse_budget
 from .published import UPSTREAM_LABELS
 
 MAE_KEYS = ("test_mae", "mae")
@@ -177,13 +177,19 @@ def to_markdown(spec: dict, header, rows, stats) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table(spec: dict, out_csv: str | Path) -> tuple[Path, Path]:
-    """Write ``out_csv`` and the Markdown twin (same name, ``.md``)."""
+def write_table(spec: dict, out_csv: str | Path, html: str | Path | None = None) -> tuple[Path, Path]:
+    """Write ``out_csv``, the Markdown twin (same name, ``.md``) and, if asked, its HTML
+    rendering ``html`` (for Snakemake's report page)."""
     out_csv = Path(out_csv)
     header, rows, stats = build(spec)
     md = out_csv.with_suffix(".md")
+    text = to_markdown(spec, header, rows, stats)
     write_text(out_csv, to_csv(header, rows))
-    write_text(md, to_markdown(spec, header, rows, stats))
+    write_text(md, text)
+    if html is not None:
+        from atomsift.report.html import markdown_to_html
+
+        write_text(html, markdown_to_html(text, spec["table"].replace("table", "Table ")))
     return out_csv, md
 
 

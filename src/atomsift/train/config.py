@@ -33,7 +33,7 @@ SIZES = ("tiny", "small", "large")
 MIXTURES = ("single", "balanced", "temperature", "proportions")
 PRECISIONS = ("32-true", "32", "64-true", "16-mixed", "bf16-mixed", "bf16-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
-TASKS = ("rmd17", "md22", "spice", "qm9", "qmof", "matbench")
+TASKS = ("rmd17", "md22", "spice", "qm9", "qmof", "matbench", "energy-forces", "scalar")
 MAX_RUN_FILE_BYTES = 1 << 20  # a run file is a few dozen lines; anything larger is not one
 
 
@@ -234,8 +234,8 @@ class FinetuneConfig(RuntimeConfig):
     Keys left at None take the task's recipe value from :mod:`atomsift.train.tasks`.
     """
 
-    task: Literal["rmd17", "md22", "spice", "qm9", "qmof", "matbench"]
-    """the finetuning recipe (docs/training.md)"""
+    task: Literal["rmd17", "md22", "spice", "qm9", "qmof", "matbench", "energy-forces", "scalar"]
+    """the finetuning recipe (docs/training.md; energy-forces and scalar: your own data)"""
     store: Annotated[Str, Field(min_length=1)]
     """the task's store directory"""
     target: Optional[Str] = None
@@ -272,6 +272,8 @@ class FinetuneConfig(RuntimeConfig):
     energy_loss_scale: Optional[Float(ge=0)] = None
     force_loss_scale: Optional[Float(ge=0)] = None
     atom_refs: Optional[Literal["jmp", "fit", "none"]] = None
+    readout: Optional[Literal["sum", "mean", "max"]] = None
+    """scalar tasks: reduction over atoms (null: the recipe's)"""
     edge_dropout: Float(ge=0, lt=1) = 0.0
 
     @model_validator(mode="after")
@@ -284,6 +286,8 @@ class FinetuneConfig(RuntimeConfig):
         if RECIPES[self.task].kind == "forces":
             _check(self.target is None, "target", f"task {self.task} learns forces: it takes no target (valid targets: "
                    "none; remove the key)")
+            _check(self.readout is None, "readout", f"task {self.task} learns forces: its energy is a sum over atoms "
+                   "(remove the key)")
         return self
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +21,8 @@ from atomsift.train.tasks import QM9_ATOM_REFS_JMP, TaskRecipe, default_block_lr
 def resolve(cfg: FinetuneConfig) -> tuple[FinetuneConfig, TaskRecipe]:
     """The run file with every recipe default filled in."""
     r = recipe(cfg.task)
+    if cfg.readout is not None:  # a scalar task's reduction over atoms, overriding the recipe's
+        r = replace(r, readout=cfg.readout)
     filled = replace(
         cfg,
         epochs=cfg.epochs if cfg.epochs is not None else r.epochs,
@@ -208,7 +210,7 @@ def _finish(cfg, r: TaskRecipe, out: Path, trainer, module, dm, target, norm, at
     trivial, trivial_kind = trivial_mae(store, splits, r.kind, target)  # same test structures: the learning ratio's floor
     unit_name, factor = report_unit(r, target, store.manifest.get("units", {}).get("targets", {}).get(target) if target else None)
     meta = {"stage": "finetune", "task": cfg.task, "target": target, "config": to_dict(cfg), "tested_weights": tested,
-            "normalization": vars(norm), "pretrained": pre_info}
+            "normalization": vars(norm), "pretrained": pre_info, "dataset": store.dataset, "graph": asdict(module.graph)}
     save_model(out / "model.pt", module.model, meta)
     res = module.test_result
     curve = [{**row, "mae_" + unit_name: row["mae"] * factor} for row in module.val_curve]

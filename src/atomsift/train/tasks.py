@@ -53,6 +53,13 @@ RECIPES: dict[str, TaskRecipe] = {
     "qmof": TaskRecipe("qmof", "scalar", None, None, "mean", 1.0, 0.0, 4, 40, 3, "eV", 1.0),
     # MatBench phonons: last phDOS peak (cm^-1), max readout, batch 8, 120 epochs, per fold.
     "matbench": TaskRecipe("matbench", "scalar", None, None, "max", 1.0, 0.0, 8, 120, 3, "cm^-1", 1.0),
+    # Your own data (``atomsift finetune --data``), not a paper task: energies and forces with
+    # gradient forces (conservative, for MD) and both losses (an energy-only head offset would make
+    # the calculator's energies meaningless: the paper's force tasks train forces alone), JMP's
+    # pretraining ratio 1 : 10.
+    "energy-forces": TaskRecipe("energy-forces", "forces", None, "gradient", "sum", 1.0, 10.0, 8, 100, 5, "meV/Å", 1000.0),
+    # ... or one named scalar (sum readout unless the run file says otherwise), in the store's unit.
+    "scalar": TaskRecipe("scalar", "scalar", None, None, "sum", 1.0, 0.0, 16, 100, 5, "", 1.0),
 }
 
 # Scalar targets whose store unit is eV and that the paper reports in meV (QM9).
@@ -73,7 +80,7 @@ def report_unit(rec: TaskRecipe, target: str | None, store_unit: str | None) -> 
         return store_unit or "", 1.0
     if rec.name == "qmof":
         return "eV", 1.0
-    if rec.name == "matbench":
+    if rec.name in ("matbench", "scalar"):
         return store_unit or rec.unit, 1.0
     return rec.unit, rec.unit_factor
 

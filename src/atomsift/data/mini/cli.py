@@ -10,7 +10,8 @@ def register(sub) -> None:
     p = sub.add_parser("generate", help="generate a mini-universe analog (ani1x-mini, oc20-mini, ...) as a store",
                        description=f"Generate a small analog of a paper dataset, labelled by GFN2-xTB / GFN1-xTB / EMT. Default sizes: {sizes}.")
     p.add_argument("name", metavar="NAME", help="one of: " + ", ".join(GENERATORS))
-    p.add_argument("--out", required=True, help="store directory to write")
+    p.add_argument("--out", required=True, help="store directory to write; a FILE.extxyz (or .xyz) writes the "
+                                                "structures as extended XYZ with energies and forces instead")
     p.add_argument("--n", type=int, default=None, help="number of structures (default: the embedded default size)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default {DEFAULT_SEED})")
     p.add_argument("--workers", type=int, default=None, help="worker processes, one xtb thread each (default: all cores)")
@@ -44,12 +45,36 @@ def _generate(args) -> int:
 
     if not 0 <= args.seed < 2**32:
         raise InputError(f"must be in 0..2**32-1 (a numpy RandomState seed), got {args.seed}", field="--seed")
-    check_store_output(args.out)  # before minutes of labelling: --out must be a store, empty or new
+    from atomsift.data.export import is_extxyz
+
+    file_out = is_extxyz(args.out)
+    if file_out:  # a store in a temporary directory beside the file, exported, then removed
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        from atomsift.fsio import check_output_file
+
+        check_output_file(args.out)
+        Path(args.out).resolve().parent.mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{Path(args.out).name}.", dir=Path(args.out).resolve().parent)
+        store_out = Path(tmp) / "store"
+    else:
+        check_store_output(args.out)  # before minutes of labelling: --out must be a store, empty or new
+        store_out = args.out
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
     opts = {k: getattr(args, k) for k in ("metals", "oxides", "adsorbates", "molecule", "amino_acids", "paths")
             if getattr(args, k) is not None}
-    summary = generate(args.name, args.out, n=args.n, seed=args.seed, workers=args.workers, qm9=args.qm9, **opts)
-    info = Store(summary["path"]).info()
+    try:
+        summary = generate(args.name, store_out, n=args.n, seed=args.seed, workers=args.workers, qm9=args.qm9, **opts)
+        info = Store(summary["path"]).info()
+        if file_out:
+            from atomsift.data.export import write_extxyz
+
+            summary["path"] = str(write_extxyz(Store(summary["path"]), args.out))
+    finally:
+        if file_out:
+            shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         print_json({**info, "generation": summary})
     else:

@@ -8,6 +8,10 @@ calculator's results. Values are stored as read: ASE's convention is eV and eV/A
 unit conversion is applied. Whether the dataset has energy / forces is decided by the first
 structure; every later structure must then have them too.
 
+Scalar targets (``target_keys``): each name is an ``atoms.info`` entry (for an ASE db also a
+key-value pair or a ``data`` entry), else a calculator result (``energy`` makes the energy a
+target too); every structure must have a number for it.
+
 Class label: the ``class_key`` entry of ``atoms.info`` (or of the db row's key-value pairs), else
 the Hill formula. Tags, cell and pbc are kept; ``fixed`` marks the atoms of ``FixAtoms``
 constraints. Split 80/10/10 as JMP splits SPICE and QMOF: a ``RandomState(seed)`` shuffle (seed 42
@@ -206,6 +210,20 @@ def _forces(atoms, key: str | None):
     return atoms.info.get(key)
 
 
+def _target(atoms, key: str, i: int, err) -> float:
+    """Scalar target ``key`` of structure ``i``: an info entry, else a calculator result."""
+    value = atoms.info[key] if key in atoms.info else _calc_results(atoms).get(key)
+    if value is None:
+        raise err(i, key, "target missing (no such info key or calculator result)")
+    try:
+        a = np.asarray(value, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise err(i, key, f"not a number: {value!r}") from None
+    if a.size != 1 or not np.isfinite(a[0]):
+        raise err(i, key, f"expected one finite number, got {value!r}")
+    return float(a[0])
+
+
 def _fixed(atoms) -> np.ndarray:
     from ase.constraints import FixAtoms
 
@@ -224,6 +242,7 @@ def convert(
     energy_key: str | None = None,
     forces_key: str | None = None,
     class_key: str | None = None,
+    target_keys: list[str] | tuple[str, ...] | None = None,
     seed: int | None = None,
     limit: int | None = None,
 ) -> Path:
@@ -245,6 +264,7 @@ def convert(
     has_energy = energy_key is not None or _energy(atoms0, None) is not None
     has_forces = forces_key is not None or _forces(atoms0, None) is not None
     seed = SPLIT_SEED if seed is None else int(seed)
+    target_keys = list(dict.fromkeys(target_keys or ()))
 
     def err(i, field, msg):
         return InputError(f"structure {i}: {msg}", path=src, field=field)
@@ -255,7 +275,7 @@ def convert(
 
     with StoreWriter(
         out, dataset=dataset, source=src, reader=NAME, reader_version=VERSION, has_energy=has_energy,
-        has_forces=has_forces, energy_kind="as stored in the file",
+        has_forces=has_forces, energy_kind="as stored in the file", target_names=target_keys,
         extra={
             "source_format": fmt, "energy_key": energy_key or "calculator energy",
             "forces_key": forces_key or ("calculator forces" if has_forces else None),
@@ -290,6 +310,7 @@ def convert(
             w.add(
                 atoms.numbers, atoms.positions, cell=atoms.cell.array, pbc=atoms.pbc, energy=e, forces=f,
                 tags=atoms.get_tags(), fixed=_fixed(atoms), cls=cls,
+                targets=[_target(atoms, k, i, err) for k in target_keys] if target_keys else None,
             )
         for name, idx in random_split(w.n_structures, seed).items():
             w.set_split(name, idx)

@@ -300,6 +300,13 @@ def moments_needed(config: dict) -> list[tuple[str, str, str, str]]:
     return sorted(out)
 
 
+def selection_moments(config: dict) -> list[str]:
+    """The upstream statistics ``atomsift select FILE`` ranks by: the selection extractor's
+    class-balanced, flat moments of every single-dataset upstream (``snakemake selection``)."""
+    ex = config["csi"]["selection"]["extractor"]
+    return [moments_file(ex, d, "balanced", "flat") for d in sorted(set(csi_upstreams(config).values()))]
+
+
 def downloadable_models() -> dict:
     """The model checkpoints ``atomsift download`` knows: name -> release."""
     from atomsift.data.download import DATASETS
