@@ -77,12 +77,12 @@ def test_paper_grid_dry_run_lists_the_paper_jobs(tmp_path):
     # Mixed (Temp) (+1) + Fig. 4's ANI-1x + OC22 at 3Mx5 (+1); Table 4 reuses Table 1's runs.
     assert counts["pretrain"] == 24
     assert counts["pretrain_run"] == 24
-    # finetuning cells x 3 seeds: T1 7 rows x 4 tasks (28) + T2 8 new rows x 4 (32)
+    # finetuning cells, one job each running its 3 seeds: T1 7 rows x 4 tasks (28) + T2 8 new rows x 4 (32)
     # + T3 5 rows (with the L baseline) x 4 (20) + T4 7 rows x 3 OOD tasks (21)
     # + T5 4 new rows x 4 (16) + Fig. 1 baseline x 4 (4) + Fig. 4 mixture x 4 (4) = 125
-    assert counts["finetune"] == 125 * 3
-    # run files: (task, backbone, seed): 4 ID tasks x {S, L} + 3 OOD tasks x S, x 3 seeds
-    assert counts["finetune_run"] == (4 * 2 + 3) * 3
+    assert counts["finetune"] == 125
+    # run files: (task, backbone): 4 ID tasks x {S, L} + 3 OOD tasks x S
+    assert counts["finetune_run"] == 4 * 2 + 3
     # 10 datasets prepared; all but QM9 (from its wheel) downloaded first
     assert counts["prepare"] == 10 and counts["download"] == 9
     assert "generate" not in counts
@@ -123,7 +123,7 @@ def test_embedded_dry_run_matches_the_grid_expansion(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     counts = job_counts(res.stdout)
     config = load(ROOT / "config.yaml")
-    assert counts["finetune"] == len(G.all_cells(config))
+    assert counts["finetune"] == len({(c.task, c.upstream, c.budget, c.backbone) for c in G.all_cells(config)})
     assert counts["pretrain"] == len(G.pretrain_runs(config))
     assert counts["moments"] == len(G.moments_needed(config))
     assert counts["generate"] == 7 and counts["prepare"] == 1 and "download" not in counts
@@ -149,7 +149,7 @@ def test_a_single_target_builds_only_its_inputs(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     counts = job_counts(res.stdout)
     config = load(ROOT / "config.yaml")
-    assert counts["finetune"] == len(G.table_cells(config, "table2"))
+    assert counts["finetune"] == len({(c.task, c.upstream, c.budget, c.backbone) for c in G.table_cells(config, "table2")})
     assert "report" not in counts and "moments" not in counts
 
 
@@ -238,12 +238,14 @@ elif verb == "pretrain":
     (out / "model.pt").write_text("fake")
     seen = {{k: int(run["n_structures"] * run["epochs"] / len(run["upstream"]["stores"])) for k in run["upstream"]["stores"]}}
     (out / "metrics.json").write_text(json.dumps({{"structures_seen": seen}}))
-elif verb == "finetune":
+elif verb == "finetune":  # --seeds S,T: one run per seed into OUT/s<seed>/ (the cell's job)
     run = __import__("yaml").safe_load(open(opt("--config")))
-    out = Path(opt("--out")); out.mkdir(parents=True, exist_ok=True)
-    upstream = out.parts[-4]
-    noise = (zlib.crc32(f"{{run['task']}}{{run['seed']}}".encode()) % 100) / 1000
-    (out / "metrics.json").write_text(json.dumps({{"test_mae": 10 * QUALITY[upstream] + noise, "pretrained": opt("--pretrained")}}))
+    cell = Path(opt("--out"))
+    upstream = cell.parts[-3]
+    for seed in opt("--seeds").split(","):
+        out = cell / f"s{{seed}}"; out.mkdir(parents=True, exist_ok=True)
+        noise = (zlib.crc32(f"{{run['task']}}{{seed}}".encode()) % 100) / 1000
+        (out / "metrics.json").write_text(json.dumps({{"test_mae": 10 * QUALITY[upstream] + noise, "pretrained": opt("--pretrained")}}))
 elif verb == "moments":
     Path(opt("--out")).write_text(json.dumps({{"store": opt("--store"), "extractor": opt("--extractor")}}))
 elif verb == "coverage":
@@ -296,12 +298,14 @@ def test_dag_runs_end_to_end_with_stand_in_verbs(tmp_path):
     assert run["upstream"] == {"stores": {"ani1x": "results/data/ani1x", "oc20": "results/data/oc20"},
                                "mixture": "proportions", "proportions": {"ani1x": 0.5, "oc20": 0.5}}
     assert (run["size"], run["n_structures"], run["epochs"]) == ("tiny", 40, 1)
-    ft = load(wd / "results/runs/finetune/qm9/tiny/s0.yaml")
+    ft = load(wd / "results/runs/finetune/qm9/tiny.yaml")
     assert ft["task"] == "qm9" and ft["target"] == "U0" and ft["store"] == "results/data/qm9" and ft["epochs"] == 1
     # the baseline is finetuned from scratch, the others from their checkpoint
-    assert any(c.startswith("finetune") and "--pretrained none --out results/finetune/rmd17/none/none/tiny/s0" in c for c in calls)
-    assert any("--pretrained results/pretrain/oc20/40x1/tiny/model.pt --out results/finetune/qm9/oc20/40x1/tiny/s0" in c
-               for c in calls)
+    assert any(c.startswith("finetune") and "--pretrained none --seeds 0 --out results/finetune/rmd17/none/none/tiny " in c for c in calls)
+    assert any("--pretrained results/pretrain/oc20/40x1/tiny/model.pt --seeds 0 --out results/finetune/qm9/oc20/40x1/tiny "
+               in c for c in calls)
+    # one job per cell, every seed in it
+    assert sum(c.startswith("finetune ") for c in calls) == len({c[:4] for c in G.all_cells(load(ROOT / "workflow/configs/ci.yaml"))})
     # a rerun over a run directory whose inputs changed starts over instead of refusing (docs/workflow.md)
     training = [c for c in calls if c.startswith(("pretrain ", "finetune "))]
     assert training and all(c.endswith("--on-changed-inputs restart") for c in training)
@@ -311,7 +315,7 @@ def test_dag_runs_end_to_end_with_stand_in_verbs(tmp_path):
     for f in ("table1.csv", "table1.md", "csi/random-tiny-0.csv", "csi/mixed-tiny.csv", "figures/fig1.png",
               "figures/fig3.png", "figures/fig8.png", "figures/fig9.png", "report.md"):
         assert (wd / "results" / f).is_file(), f
-    assert (wd / "results/logs/finetune/qm9/none/none/tiny/s0.log").exists()
+    assert (wd / "results/logs/finetune/qm9/none/none/tiny.log").exists()
     assert (wd / "results/benchmarks/pretrain/ani1x/40x1/tiny.tsv").exists()
     # the table: rows in the paper's order, baseline last, the stand-in's MAE values
     lines = (wd / "results/table1.csv").read_text().splitlines()
@@ -402,9 +406,10 @@ def test_job_logs_are_one_summary_line(local_run):
         if rule.endswith("_run") or rule == "report_spec":
             continue  # template rules (run files, report specs) run no verb
         text = p.read_text()
-        assert len(text.splitlines()) == 1, (str(p), text[-2000:])
+        runs = len(load(ROOT / "workflow/configs/ci.yaml")["finetune"]["seeds"]) if rule == "finetune" else 1
+        assert len(text.splitlines()) == runs, (str(p), text[-2000:])  # a finetuning job: a line per seed
         assert not any(n in text for n in NOISE), (str(p), text)
-    finetune = (wd / "results/logs/finetune/rmd17/ani1x/40x1/tiny/s0.log").read_text()
+    finetune = (wd / "results/logs/finetune/rmd17/ani1x/40x1/tiny.log").read_text()
     assert re.fullmatch(r"finetune: task=rmd17, target=forces, (seed=0, )?test_mae=[0-9.]+, unit=meV/Å, "
                         r"tested_weights=final_ema, wall_time_s=[0-9.]+\n", finetune), finetune
 

@@ -42,6 +42,7 @@ MODELS = G.models_downloaded(config)  # public checkpoints the extractors need
 TEMPLATE = "workflow/templates/run.yaml"
 ENV = "../../envs/atomsift.yaml"
 LOGS = f"{G.RESULTS}/logs"
+SEEDS = [int(s) for s in config["finetune"]["seeds"]]  # every finetuning job runs them all
 BENCH = f"{G.RESULTS}/benchmarks"
 
 

@@ -282,6 +282,56 @@ def _learning_section(spec: dict) -> list[str]:
     return lines + [""]
 
 
+FLAT_SHARE = 0.05  # "flattened": the last validation interval gained < 5% of the whole run's improvement
+
+
+def extractor_curve(metrics_path: str | Path) -> dict | None:
+    """The validation curve of a pretrained extractor (its pretraining metrics.json) and whether it
+    has flattened: the drop over the last interval as a share of the drop from the first point."""
+    import json
+
+    try:
+        m = json.loads(read_text(metrics_path))
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError:
+        raise InputError("not JSON", path=metrics_path, field="val_curve") from None
+    curve = [r for r in m.get("val_curve") or [] if isinstance(r, dict) and isinstance(r.get("loss"), (int, float))]
+    if not curve:
+        return None
+    losses = [float(r["loss"]) for r in curve]
+    total = losses[0] - min(losses)
+    last = losses[-2] - losses[-1] if len(losses) > 1 else None
+    share = None if last is None or total <= 0 else last / total
+    return {"curve": curve, "share_last": share, "flat": share is not None and share < FLAT_SHARE,
+            "seen": m.get("structures_seen_total"), "steps": m.get("steps")}
+
+
+def _extractor_section(spec: dict) -> list[str]:
+    sel = spec["csi"]["selection"]
+    path = sel.get("pretrained_metrics")
+    if not path:
+        return []
+    lines = [f"## The selection extractor's pretraining (`{sel['extractor']}`)", "",
+             "The CSI that ranks upstreams uses this backbone's features, pretrained by this DAG on the mixture "
+             "(the analog of JMP-S's features in the paper). Validation loss (the pretraining loss on held-out "
+             "structures of every upstream) after each epoch:", ""]
+    c = extractor_curve(path)
+    if c is None:
+        return lines + [f"No validation curve in `{path}`.", ""]
+    lines.append("| epoch | step | validation loss |")
+    lines.append("|---|---|---|")
+    lines += [f"| {int(r.get('epoch', i)) + 1} | {r.get('step', '–')} | {float(r['loss']):.4g} |" for i, r in enumerate(c["curve"])]
+    if c["share_last"] is None:
+        verdict = "too few points to say whether it has flattened."
+    else:
+        verdict = (f"the last epoch gained {100 * c['share_last']:.1f}% of the run's total improvement: "
+                   + ("flattened" if c["flat"] else "**not flattened** (pretrain it longer: `csi.extractors`)")
+                   + f" (criterion < {100 * FLAT_SHARE:.0f}%).")
+    seen = f"{c['seen']:,} structures seen in {c['steps']} steps; " if c.get("seen") and c.get("steps") else ""
+    return lines + ["", seen + verdict, ""]
+
+
 def _table_section(name: str, table: dict) -> list[str]:
     tspec = table["spec"]
     header, rows, stats = build(tspec)
@@ -463,17 +513,20 @@ def _compute_section(spec: dict) -> list[str]:
         total_pre += wall or 0.0
         lines.append(f"| {_label(r['upstream'])} | {budget_label(r['budget'])} | {r['backbone']} | {n * e:,} | "
                      f"{'–' if seen is None else f'{seen:,}'} | {_fmt(wall, 3) if wall is not None else '–'} |")
-    lines += ["", "### Finetuning (wall time summed over seeds, per cell)", ""]
+    lines += ["", "### Finetuning (one job per cell runs every seed; wall time of the job)", ""]
     lines.append("| Task | Upstream | Budget | Backbone | seeds | wall time (s) |")
     lines.append("|---|---|---|---|---|---|")
-    groups: dict[tuple, list] = {}
+    groups: dict[tuple, dict] = {}  # cell -> {"seeds": n, "benchmarks": distinct files}
     for c in spec["cells"]:
-        groups.setdefault((c["task"], c["upstream"], c["budget"], c["backbone"]), []).append(_read_benchmark(c["benchmark"]))
+        g = groups.setdefault((c["task"], c["upstream"], c["budget"], c["backbone"]), {"seeds": 0, "benchmarks": []})
+        g["seeds"] += 1
+        if c["benchmark"] not in g["benchmarks"]:  # a job per cell (one file), or per seed (older grids)
+            g["benchmarks"].append(c["benchmark"])
     total_ft = 0.0
-    for (t, u, b, bb), walls in sorted(groups.items()):
-        known = [w for w in walls if w is not None]
+    for (t, u, b, bb), g in sorted(groups.items()):
+        known = [w for w in map(_read_benchmark, g["benchmarks"]) if w is not None]
         total_ft += sum(known)
-        lines.append(f"| {t} | {_label(u)} | {budget_label(b)} | {bb} | {len(walls)} | "
+        lines.append(f"| {t} | {_label(u)} | {budget_label(b)} | {bb} | {g['seeds']} | "
                      f"{_fmt(sum(known), 3) if known else '–'} |")
     lines += ["", f"Total wall time: pretraining {total_pre:.0f} s, finetuning {total_ft:.0f} s "
               "(per job, from Snakemake's benchmark files; jobs ran in parallel).", ""]
@@ -496,6 +549,7 @@ def build_report(spec: dict) -> str:
     verdicts = csi_verdicts(spec)
     lines += _verdict_section(verdicts)
     lines += _learning_section(spec)
+    lines += _extractor_section(spec)
     lines += ["## Tables: ours beside the paper's", "",
               "Ours: mean ± sd over finetuning seeds. *Δ vs none*: the mean paired difference to the no-pretraining "
               "baseline on the same seeds (cell − none; negative = lower MAE) with its 95% t interval over seeds and, in "

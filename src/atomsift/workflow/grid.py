@@ -43,8 +43,13 @@ def pretrain_dir(upstream: str, budget: str, backbone: str) -> str:
     return f"{RESULTS}/pretrain/{upstream}/{budget}/{backbone}"
 
 
+def finetune_cell_dir(task: str, upstream: str, budget: str, backbone: str) -> str:
+    """One job finetunes every seed of a cell, each into ``s<seed>/`` below this directory."""
+    return f"{RESULTS}/finetune/{task}/{upstream}/{budget}/{backbone}"
+
+
 def finetune_dir(task: str, upstream: str, budget: str, backbone: str, seed: int | str) -> str:
-    return f"{RESULTS}/finetune/{task}/{upstream}/{budget}/{backbone}/s{seed}"
+    return f"{finetune_cell_dir(task, upstream, budget, backbone)}/s{seed}"
 
 
 def finetune_metrics(task: str, upstream: str, budget: str, backbone: str, seed: int | str) -> str:
@@ -565,7 +570,11 @@ def table_inputs(config: dict, table: str) -> list[str]:
 
 def _selection(config: dict) -> dict:
     sel = config["csi"]["selection"]
-    return {"table": csi_table(sel["extractor"]), **sel}
+    out = {"table": csi_table(sel["extractor"]), **sel}
+    pre = config["csi"]["extractors"][sel["extractor"]].get("pretrained")
+    if pre:  # a backbone this DAG pretrains: the report shows its validation curve
+        out["pretrained_metrics"] = f"{pretrain_dir(pre['upstream'], pre['budget'], pre['backbone'])}/metrics.json"
+    return out
 
 
 def figure_spec(config: dict, figure: str) -> dict:
@@ -620,7 +629,7 @@ def report_spec(config: dict, command: str, source: str) -> dict:
     cells = []
     for c in all_cells(config):
         item = _cell_dicts([c])[0]
-        item["benchmark"] = benchmark_file("finetune", c.task, c.upstream, c.budget, c.backbone, f"s{c.seed}")
+        item["benchmark"] = benchmark_file("finetune", c.task, c.upstream, c.budget, c.backbone)  # one job per cell
         cells.append(item)
     return {
         "config_source": source,
