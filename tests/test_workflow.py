@@ -305,7 +305,7 @@ def test_dag_runs_end_to_end_with_stand_in_verbs(tmp_path):
     assert any("--pretrained results/pretrain/oc20/40x1/tiny/model.pt --seeds 0 --out results/finetune/qm9/oc20/40x1/tiny "
                in c for c in calls)
     # one job per cell, every seed in it
-    assert sum(c.startswith("finetune ") for c in calls) == len({c[:4] for c in G.all_cells(load(ROOT / "workflow/configs/ci.yaml"))})
+    assert sum(c.startswith("finetune ") for c in calls) == len({(c.task, c.upstream, c.budget, c.backbone) for c in G.all_cells(load(ROOT / "workflow/configs/ci.yaml"))})
     # a rerun over a run directory whose inputs changed starts over instead of refusing (docs/workflow.md)
     training = [c for c in calls if c.startswith(("pretrain ", "finetune "))]
     assert training and all(c.endswith("--on-changed-inputs restart") for c in training)
