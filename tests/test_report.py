@@ -281,7 +281,7 @@ def test_report_shows_the_selection_extractors_validation_curve(tmp_path):
     spec = _embedded_report_spec(tmp_path, {"ani1x": 1.0, "transition1x": 2.0, "oc20": 40.0, "oc22": 30.0},
                                  lambda c: 500.0)
     path = Path(spec["csi"]["selection"]["pretrained_metrics"])
-    assert path.parts[-4:] == ("mixed-balanced", "600x8", "tiny", "metrics.json")  # config.yaml's extractor
+    assert path.parts[-4:] == ("mixed-balanced", "1200x12", "tiny", "metrics.json")  # config.yaml's extractor
     path = tmp_path / "pretrain.json"
     spec["csi"]["selection"]["pretrained_metrics"] = str(path)
     # 10 -> 4: a total drop of 6; the last epoch drops 0.2 (3.3%): flattened

@@ -441,9 +441,9 @@ def test_snakemake_report_is_one_page_with_the_tables_and_figures(local_run, tmp
 
 
 # the README's worked example at small sizes: each of these must occur in it
-# the README's sizes -> the small grid's; its selection extractor (pretrained 600x8) -> the small grid's only one
+# the README's sizes -> the small grid's; its selection extractor (pretrained 1200x12) -> the small grid's only one
 SMALL = {"--n 200": "--n 40", "300x4": "40x1", "--epochs 10": "--epochs 1", "dyn.run(200)": "dyn.run(20)",
-         "results/pretrain/mixed-balanced/600x8/tiny/model.pt": "random-tiny-0"}
+         "results/pretrain/mixed-balanced/1200x12/tiny/model.pt": "random-tiny-0"}
 
 
 def readme_example() -> tuple[str, str]:

@@ -451,9 +451,10 @@ def _baselines_section(spec: dict, verdicts: list[dict]) -> list[str]:
                 lines.append(f"| {r['label']} | CSI | {order} | {rtext} | – | – |")
                 continue
             d = res["difference"][name]
-            word = {"better": "better", "worse": "worse", "unresolved": "not resolved"}[d["verdict"]]
+            word = {"better": f"better than {name}", "worse": f"worse than {name}",
+                    "unresolved": f"unresolved against {name}"}[d["verdict"]]
             dtext = ("+" if d["diff"] > 0 else "") + _rho(d["diff"]) + " " + _rho_ci(d["low"], d["high"])
-            lines.append(f"| {r['label']} | {name} | {order} | {rtext} | {dtext} | {word} than {name} |")
+            lines.append(f"| {r['label']} | {name} | {order} | {rtext} | {dtext} | {word} |")
         for n in r["notes"]:
             lines.append(f"| {r['label']} | ({n}) | | | | |")
     lines.append("")
