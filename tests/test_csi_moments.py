@@ -360,3 +360,24 @@ def test_upstream_edge_dropout_as_the_paper(tmp_path):
     assert np.array_equal(outs["a"].mean, outs["b"].mean)
     assert not np.allclose(outs["a"].mean, outs["none"].mean)
     assert outs["a"].n == outs["none"].n  # same structures and atoms, fewer edges
+
+
+def test_csi_bars_show_the_corrected_value_and_its_interval(tmp_path):
+    """With the estimator's columns the bar is the bias-corrected CSI and its whiskers the 95%
+    interval (a lower bound below 0 is not drawn below the bar's base); without them, the mean
+    of a pair's rows with min-max whiskers."""
+    from atomsift.csi.figures import bar_values, csi_bars
+
+    rows = [{"upstream": "ani1x", "downstream": "rmd17", "csi": "2.03", "csi_corrected": "2.0", "csi_low": "1.8", "csi_high": "2.3"},
+            {"upstream": "oc22", "downstream": "rmd17", "csi": "0.05", "csi_corrected": "0.01", "csi_low": "-0.02", "csi_high": "0.04"}]
+    bars, intervals = bar_values(rows, ["rmd17"], ["ani1x", "oc22"])
+    assert intervals
+    assert bars[("ani1x", "rmd17")] == pytest.approx((2.0, 0.2, 0.3))
+    assert bars[("oc22", "rmd17")] == pytest.approx((0.01, 0.01, 0.03))
+    plain = [{"upstream": "ani1x", "downstream": "rmd17", "csi": v} for v in ("1.0", "2.0", "4.5")]
+    bars, intervals = bar_values(plain, ["rmd17"], ["ani1x"])
+    assert not intervals and bars[("ani1x", "rmd17")] == pytest.approx((2.5, 1.5, 2.0))
+    # a row without an interval (nan) falls back to the plug-in values for the whole figure
+    rows[1]["csi_low"] = "nan"
+    assert bar_values(rows, ["rmd17"], ["ani1x", "oc22"])[1] is False
+    assert csi_bars(rows, tmp_path / "f.png").stat().st_size > 0

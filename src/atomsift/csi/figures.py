@@ -1,7 +1,8 @@
 """The paper's CSI figures as PNG files (matplotlib, Agg backend).
 
-* :func:`csi_bars` — grouped bars, x = downstream task, one bar per upstream dataset, height = mean
-  CSI over the table's rows for that pair (min-max whiskers when there are several, e.g. seeds).
+* :func:`csi_bars` — grouped bars, x = downstream task, one bar per upstream dataset, height = the
+  bias-corrected CSI with its 95% interval as whiskers (the estimator's columns of `csi-table`);
+  for tables without them, the mean CSI over the rows of a pair (min-max whiskers, e.g. seeds).
   Figures 3 (ID tasks), 5 (OOD tasks), 6 (mean aggregation), 7 (random upstream sampling) and 8
   (another extractor) are this layout on different tables or filters.
 * :func:`coverage_bars` — classes covered by a random and by a class-balanced sample per upstream,
@@ -71,6 +72,38 @@ def filter_rows(rows: list[dict], **equal) -> list[dict]:
     return out
 
 
+def _finite(v) -> float | None:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if np.isfinite(x) else None
+
+
+def bar_values(rows: list[dict], tasks: list[str], ups: list[str]) -> tuple[dict, bool]:
+    """(upstream, task) -> (height, whisker below, whisker above), and whether they are intervals.
+
+    Rows of a CSI table with the estimator's columns (one row per pair, `atomsift csi-table`):
+    the bias-corrected CSI with its 95% interval (docs/csi.md). Otherwise (older tables, or several
+    rows per pair such as seeds): the mean of the plug-in values with min-max whiskers."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["upstream"], r["downstream"]), []).append(r)
+    est = {}
+    for k, rs in groups.items():
+        if len(rs) == 1:
+            c, lo, hi = (_finite(rs[0].get(col)) for col in ("csi_corrected", "csi_low", "csi_high"))
+            if None not in (c, lo, hi):
+                est[k] = (c, max(c - max(lo, 0.0), 0.0), max(hi - c, 0.0))  # a CSI is >= 0
+    if groups and len(est) == len(groups):
+        return est, True
+    out = {}
+    for k, rs in groups.items():
+        v = [float(r["csi"]) for r in rs]
+        out[k] = (float(np.mean(v)), float(np.mean(v) - np.min(v)), float(np.max(v) - np.mean(v)))
+    return out, False
+
+
 def csi_bars(rows: list[dict], out: str | Path, *, tasks: list[str] | None = None, upstreams: list[str] | None = None,
              title: str | None = None, log: bool | None = None) -> Path:
     """Grouped CSI bars: one group per downstream task, one bar per upstream dataset.
@@ -84,26 +117,22 @@ def csi_bars(rows: list[dict], out: str | Path, *, tasks: list[str] | None = Non
         rows = [r for r in rows if r["downstream"] in tasks]
     tasks = list(tasks) if tasks else _order(r["downstream"] for r in rows)
     ups = list(upstreams) if upstreams else _order(r["upstream"] for r in rows)
-    vals: dict[tuple[str, str], list[float]] = {}
-    for r in rows:
-        vals.setdefault((r["upstream"], r["downstream"]), []).append(float(r["csi"]))
+    bars, intervals = bar_values(rows, tasks, ups)
+    vals = {k: [h] for k, (h, _, _) in bars.items()}
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(tasks) * max(len(ups), 2) / 3 + 1.5), 3.6))
     width = 0.8 / max(len(ups), 1)
     x = np.arange(len(tasks))
     for j, u in enumerate(ups):
-        h, lo, hi = [], [], []
-        for t in tasks:
-            v = vals.get((u, t))
-            h.append(np.mean(v) if v else np.nan)
-            lo.append(np.mean(v) - np.min(v) if v else 0.0)
-            hi.append(np.max(v) - np.mean(v) if v else 0.0)
+        h = [bars.get((u, t), (np.nan, 0.0, 0.0))[0] for t in tasks]
+        lo = [bars.get((u, t), (np.nan, 0.0, 0.0))[1] for t in tasks]
+        hi = [bars.get((u, t), (np.nan, 0.0, 0.0))[2] for t in tasks]
         pos = x - 0.4 + width * (j + 0.5)
-        multi = any(len(vals.get((u, t), [])) > 1 for t in tasks)
+        whiskers = any(lo) or any(hi)
         ax.bar(pos, h, width * 0.92, label=label(u), color=COLORS[j % len(COLORS)],
-               yerr=[lo, hi] if multi else None, capsize=2 if multi else 0, edgecolor="black", linewidth=0.4)
+               yerr=[lo, hi] if whiskers else None, capsize=2 if whiskers else 0, edgecolor="black", linewidth=0.4)
     ax.set_xticks(x, [label(t) for t in tasks])
-    ax.set_ylabel("CSI (lower = more similar)")
+    ax.set_ylabel("CSI, bias-corrected, 95% interval\n(lower = more similar)" if intervals else "CSI (lower = more similar)")
     finite = [v for vs in vals.values() for v in vs if np.isfinite(v) and v > 0]
     if log is None:
         log = bool(finite) and max(finite) / min(finite) > 100
