@@ -55,3 +55,11 @@ def check_options(func: Callable, options: Iterable[str], owner: str, fixed: Ite
         if k not in known:
             takes = ", ".join(f"--{o.replace('_', '-')}" for o in known if o not in set(unlisted)) or "none"
             raise InputError(f"--{k.replace('_', '-')} does not apply to {owner} (its options: {takes})", field=k)
+
+
+def dotted_path(parts) -> str:
+    """A field's path as users write it: ``finetune.options.epochs``, list items as ``[0]``."""
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out

@@ -27,7 +27,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, Type
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
-from atomsift.errors import InputError, unknown_key
+from atomsift.errors import InputError, dotted_path, unknown_key
 
 SIZES = ("tiny", "small", "large")
 MIXTURES = ("single", "balanced", "temperature", "proportions")
@@ -299,13 +299,6 @@ def _show(value) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _dotted(loc) -> str:
-    out = ""
-    for p in loc:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out
-
-
 def _fields(cls) -> dict:
     """The FieldInfo of each key of a run-file dataclass or options model."""
     return getattr(cls, "__pydantic_fields__", {}) if cls is not None else {}
@@ -389,28 +382,28 @@ def describe(exc: ValidationError, model: type) -> tuple[str, str]:
     value = err.get("input")
     if kind == "value_error" and isinstance(ctx.get("error"), FieldError):
         bad = ctx["error"]
-        return _dotted(loc + tuple(bad.field.split("."))), bad.message
+        return dotted_path(loc + tuple(bad.field.split("."))), bad.message
     if kind in _UNKNOWN:
         holder, _ = _model_at(model, loc)
-        return _dotted(loc), unknown_key(loc[-1], _fields(holder))
+        return dotted_path(loc), unknown_key(loc[-1], _fields(holder))
     if kind in _MISSING:
-        return _dotted(loc), "required key missing"
+        return dotted_path(loc), "required key missing"
     if kind == "literal_error":
         expected = str(ctx.get("expected", ""))
         head, _, last = expected.rpartition(" or ")
         options = f"{head}, {last}" if head else expected
-        return _dotted(loc), f"expected one of {options}, got {_show(value)}"
+        return dotted_path(loc), f"expected one of {options}, got {_show(value)}"
     if kind in _BOUNDS:
         attr, op = _BOUNDS[kind]
         both = _bounds(_model_at(model, loc)[1]) if all(isinstance(p, str) for p in loc) else None
         bound = ctx.get(attr)
         single = f"must be {op} {bound:g}" if isinstance(bound, (int, float)) else f"must be {op} {bound}"
-        return _dotted(loc), both or single
+        return dotted_path(loc), both or single
     if kind == "string_too_short":
-        return _dotted(loc), "must not be empty"
+        return dotted_path(loc), "must not be empty"
     if kind in _PHRASES:
-        return _dotted(loc), f"{_PHRASES[kind]}, got {_show(value)}"
-    return _dotted(loc), " ".join(str(err.get("msg", "")).split())
+        return dotted_path(loc), f"{_PHRASES[kind]}, got {_show(value)}"
+    return dotted_path(loc), " ".join(str(err.get("msg", "")).split())
 
 
 def input_error(exc: ValidationError, model: type, path, prefix: str = "") -> InputError:

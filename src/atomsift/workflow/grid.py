@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from itertools import product
 
-from atomsift.errors import InputError, unknown_key
+from atomsift.errors import InputError, dotted_path, unknown_key
 
 RESULTS = "results"
 NONE = "none"  # upstream and budget of the no-pretraining baseline
@@ -406,7 +406,7 @@ def validate_config(config: dict, schema_path: str, source: str = "config", refs
     errors = list(validator.iter_errors(checked))
     if errors:
         err = jsonschema.exceptions.best_match(errors)
-        field = _field_path(err.absolute_path) or "(top level)"
+        field = dotted_path(err.absolute_path) or "(top level)"
         raise InputError(_explain(err), path=source, field=field)
     check_grid(config, source)
     check_run_files(config, source)
@@ -483,13 +483,6 @@ def check_run_files(config: dict, source: str = "config") -> None:
             return f"finetune.options.{key}" if key in opts else grid.get(key, key)
 
         check_run_file("finetune", finetune_run(config, t, bb, config["finetune"]["seeds"][0]), source, origin)
-
-
-def _field_path(parts) -> str:
-    out = ""
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out
 
 
 def _explain(err) -> str:
