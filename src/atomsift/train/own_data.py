@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from atomsift.errors import InputError
+from atomsift.fsio import file_digest
 
 # keys of the run file the front end sets itself (from the file and the checkpoint)
 SET_HERE = ("task", "store", "target")
@@ -69,11 +70,6 @@ def cache_root(cache: str | Path | None = None) -> Path:
     return Path(base) / "atomsift"
 
 
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def cached_store(opts: DataOptions, targets: list[str], cache: Path, sha: str) -> Path:
     """The store of the file read with ``targets``, from the cache or prepared into it now."""
     from atomsift.data.readers import ase_reader
@@ -98,7 +94,7 @@ def prepare(opts: DataOptions, cache: Path) -> tuple[Path, str, str | None]:
     scalar (or the energy of a file without forces) -> scalar."""
     from atomsift.data.store import Store
 
-    sha = file_sha256(opts.path)
+    sha = file_digest(opts.path)
     store_path = cached_store(opts, [opts.target] if opts.target else [], cache, sha)
     store = Store(store_path)
     if opts.target:
@@ -272,7 +268,7 @@ def finetune_data(opts: DataOptions, out: str | Path, pretrained: str | None, ba
     metrics = run_finetune(cfg, out, pretrained or "none", config_path=run_path)
     if not metrics:  # a non-zero DDP rank
         return {}
-    record = {"data": str(opts.path), "out": str(out), "sha256": file_sha256(opts.path), "store": str(store_path), "task": task,
+    record = {"data": str(opts.path), "out": str(out), "sha256": file_digest(opts.path), "store": str(store_path), "task": task,
               "target": target, "split_seed": opts.split_seed, "split": sizes, "pretrained": pretrained or "none",
               "prepare_s": round(prepared_s, 2), **evaluate(out, pretrained, store_path, target)}
     write_json(out / "data.json", record)
