@@ -116,6 +116,80 @@ def test_nve_md_with_the_finetuned_model_conserves_energy(work, energy_forces_ru
     assert half < err / 2.5, (half, err)
 
 
+def _rank_swap(a0, a1, rank: int) -> float:
+    """A path parameter t in (0, 1) of the straight path a0 -> a1 where some atom's ``rank``-th and
+    (rank+1)-th nearest neighbours swap order: the gap between the two sorted distances dips to 0
+    there (found on a grid, then located by ternary search)."""
+    def gap(t, i):
+        pos = (1 - t) * a0.positions + t * a1.positions
+        row = np.sort(np.delete(np.linalg.norm(pos - pos[i], axis=-1), i))
+        return row[rank] - row[rank - 1]
+
+    ts = np.linspace(0, 1, 201)
+    for i in range(len(a0)):
+        g = np.array([gap(t, i) for t in ts])
+        for j in np.flatnonzero((g[1:-1] < g[:-2]) & (g[1:-1] < g[2:]) & (g[1:-1] < 2e-3)):
+            lo, hi = ts[j], ts[j + 2]
+            for _ in range(60):
+                m1, m2 = lo + (hi - lo) / 3, hi - (hi - lo) / 3
+                lo, hi = (lo, m2) if gap(m1, i) < gap(m2, i) else (m1, hi)
+            if gap((lo + hi) / 2, i) < 1e-9:
+                return (lo + hi) / 2
+    raise AssertionError("no neighbour swap on this path")
+
+
+def test_a_nearest_k_cap_makes_energy_jump_and_finetune_data_lifts_it(work, energy_forces_run):
+    """GemNet-OC's quadruplet graph keeps each atom's k * 8 // 30 nearest neighbours: with the
+    embedded grid's k = 20 that is 5 of ethanol's 8, and where the 5th and 6th swap order on a path
+    the energy jumps (so NVE cannot conserve it, whatever the step). ``finetune --data`` raises k to
+    30 for a backbone pretrained with k = 20 (the cutoff kept), and the energy is then continuous at
+    the same point."""
+    from ase.io import read
+
+    from atomsift.calculator import AtomsiftCalculator
+    from atomsift.data.graphs import GraphSettings
+    from atomsift.data.store import Store
+    from atomsift.models.checkpoint import save_checkpoint
+    from atomsift.models.heads import HeadSpec
+    from atomsift.models.model import build_model
+    from atomsift.train.own_data import most_neighbours, smooth_graph
+
+    store = json.loads((energy_forces_run / "data.json").read_text())["store"]
+    # the run from scratch (JMP's default 12 Å, k = 30) needed no change, and says so
+    rec = json.loads((energy_forces_run / "data.json").read_text())["graph"]
+    assert rec == {"cutoff": 12.0, "max_neighbors": 30, "most_neighbours": 8, "smooth": True}
+    assert most_neighbours(Store(store), 5.0) == 8 and most_neighbours(Store(store), 1.2) == 3
+
+    model = build_model("tiny", {"energy": HeadSpec("energy_grad_forces")}, seed=3).double()
+    model.graph_overrides = {"cutoff": 5.0, "max_neighbors": 20}
+    pre = save_checkpoint(work / "capped.pt", model)
+    block, record = smooth_graph(Path(store), str(pre), {})
+    assert block == {"cutoff": 5.0, "max_neighbors": 30}
+    assert record == {"cutoff": 5.0, "max_neighbors": 30, "most_neighbours": 8, "smooth": True, "raised_from": 20}
+    # a graph the user sets is kept, and reported
+    assert smooth_graph(Path(store), str(pre), {"graph": {"cutoff": 5.0, "max_neighbors": 20}}) == (
+        None, {"cutoff": 5.0, "max_neighbors": 20, "most_neighbours": 8, "smooth": False})
+
+    a0, a1 = read(work / "ethanol.extxyz", index=0), read(work / "ethanol.extxyz", index=30)
+    t = _rank_swap(a0, a1, 5)
+
+    def energy(k, tt):
+        a = a0.copy()
+        a.positions = (1 - tt) * a0.positions + tt * a1.positions
+        a.calc = AtomsiftCalculator(model, meta={}, graph=GraphSettings(5.0, k), device="cpu", dtype="float64")
+        return a.get_potential_energy()
+
+    # 41 points across the swap: the tie-inclusive cap (data/graphs.py, TIE_TOL) keeps both
+    # neighbours while their distances are within 1e-4 Å, so the graph changes twice in this window
+    steps = {}
+    for k in (20, 30):
+        e = np.array([energy(k, x) for x in t + np.linspace(-2e-3, 2e-3, 41)])
+        d = np.abs(np.diff(e))
+        steps[k] = d.max() / np.median(d)
+    assert steps[30] < 3, steps  # continuous: every step the slope's
+    assert steps[20] > 20, steps  # a jump (measured: ~110x the slope's step, seeded weights)
+
+
 def write_scalar_file(path: Path, energy_only: bool = False) -> dict[int, float]:
     """Small molecules with y = sum_i c[Z_i] + 0.05 eV noise (in info, or as the only energy)."""
     import ase.io

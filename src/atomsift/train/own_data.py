@@ -13,7 +13,9 @@ A front end to :func:`atomsift.train.finetune.run_finetune`, which it calls unch
    with ``--target`` (an ``info`` key, or ``energy`` for an energy-only file) the ``scalar`` recipe
    (sum readout and element references fitted on the training split, unless ``--readout``);
 4. the run file (``OUT/run.yaml``, a :class:`~atomsift.train.config.FinetuneConfig`) gets those
-   keys, the backbone size of ``--pretrained``, and any key of ``--config`` or the flags;
+   keys, the backbone size of ``--pretrained``, and any key of ``--config`` or the flags; for
+   energies and forces also a ``graph:`` block whose nearest-k cap keeps every neighbour of the
+   file's most crowded atom (:func:`smooth_graph`), so that the energy has no jumps;
 5. after training, ``OUT/data.json`` records the file, the split and the errors on the test split
    of the finished model and of the model finetuning started from (step 0), through
    :class:`atomsift.calculator.AtomsiftCalculator`, with the energy references re-estimated
@@ -126,6 +128,71 @@ def run_file(base: dict, task: str, store: Path, target: str | None, size: str |
     elif readout is not None:
         raise InputError("the file has energies and forces: the energy is a sum over atoms", field="--readout")
     return run
+
+
+# GemNet-OC's tightest nearest-k cap: the quadruplet graph keeps k * 8 // 30 neighbours (JMP's
+# proportions, data/graphs.py). A cap that is active makes the energy jump where two neighbours
+# swap order; ``finetune --data`` raises k (up to JMP's largest, rMD17's 100) until none is.
+QUAD_SHARE = (8, 30)
+K_SMOOTH_MAX = 100
+
+
+def most_neighbours(store, cutoff: float, chunk: int = 512) -> int:
+    """The most neighbours (periodic images included) any atom of ``store`` has within ``cutoff`` Å."""
+    import torch
+
+    from atomsift.data.graphs import radius_graph
+
+    most, n = 0, len(store)
+    for lo in range(0, n, chunk):
+        recs = [store[i] for i in range(lo, min(n, lo + chunk))]
+        g = radius_graph(torch.as_tensor(np.concatenate([r.positions for r in recs]), dtype=torch.float64),
+                         torch.as_tensor(np.stack([r.cell for r in recs]), dtype=torch.float64),
+                         torch.as_tensor(np.stack([r.pbc for r in recs]), dtype=torch.bool),
+                         torch.tensor([len(r.numbers) for r in recs]), cutoff, 1 << 40)
+        if g.num_edges:
+            most = max(most, int(torch.bincount(g.edge_index[1]).max()))
+    return most
+
+
+def smooth_k(k: int, most: int) -> int:
+    """The smallest main-graph k >= ``k`` whose every nearest-k cap keeps ``most`` neighbours."""
+    num, den = QUAD_SHARE
+    return max(k, -(-most * den // num))
+
+
+def smooth_graph(store_path: Path, pretrained: str | None, base: dict) -> tuple[dict | None, dict]:
+    """(the run file's ``graph:`` block, or None to keep the inherited one; the record for data.json).
+
+    The graph finetuning would use (the run file's ``graph:``, else the pretrained backbone's, else
+    JMP's table for the store) keeps its cutoff; its k is raised to :func:`smooth_k` of the file's
+    most crowded atom when that is at most ``K_SMOOTH_MAX``, so that no nearest-k cap is active on
+    the file and the energy is a continuous function of the positions (NVE conserves it). A
+    ``graph:`` set by the user is kept as it is and only reported."""
+    from atomsift.data.graphs import graph_settings
+    from atomsift.data.store import Store
+
+    store = Store(store_path)
+    if "graph" in base:
+        g = base["graph"] or {}
+        cutoff, k = float(g.get("cutoff", 12.0)), int(g.get("max_neighbors", 30))
+    elif pretrained and pretrained != "none":
+        from atomsift.train.checkpointing import load_model
+        from atomsift.train.finetune import graph_of
+
+        settings = graph_of(load_model(Path(pretrained))[0], store.dataset)
+        cutoff, k = settings.cutoff, settings.max_neighbors
+    else:
+        settings = graph_settings(store.dataset)
+        cutoff, k = settings.cutoff, settings.max_neighbors
+    most = most_neighbours(store, cutoff)
+    want = smooth_k(k, most)
+    raise_k = "graph" not in base and k < want <= K_SMOOTH_MAX
+    k_run = want if raise_k else k
+    record = {"cutoff": cutoff, "max_neighbors": k_run, "most_neighbours": most, "smooth": smooth_k(k_run, most) == k_run}
+    if raise_k:
+        record["raised_from"] = k
+    return ({"cutoff": cutoff, "max_neighbors": k_run} if raise_k else None), record
 
 
 def checkpoint_size(pretrained: str | None) -> str | None:
@@ -260,6 +327,11 @@ def finetune_data(opts: DataOptions, out: str | Path, pretrained: str | None, ba
     prepared_s = time.time() - t0
     run = run_file(base, task, store_path, target, size or ("size" not in base and checkpoint_size(pretrained)) or None,
                    readout, source)
+    graph_record = None
+    if task == "energy-forces":  # a model for MD: an energy without jumps where it can be had
+        block, graph_record = smooth_graph(store_path, pretrained, base)
+        if block is not None:
+            run["graph"] = block
     cfg = finetune_config_from_dict(run, source)  # the flags' errors name the key, before any output
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -270,7 +342,8 @@ def finetune_data(opts: DataOptions, out: str | Path, pretrained: str | None, ba
         return {}
     record = {"data": str(opts.path), "out": str(out), "sha256": file_digest(opts.path), "store": str(store_path), "task": task,
               "target": target, "split_seed": opts.split_seed, "split": sizes, "pretrained": pretrained or "none",
-              "prepare_s": round(prepared_s, 2), **evaluate(out, pretrained, store_path, target)}
+              "prepare_s": round(prepared_s, 2), **({"graph": graph_record} if graph_record else {}),
+              **evaluate(out, pretrained, store_path, target)}
     write_json(out / "data.json", record)
     return {**record, "metrics": metrics}
 
@@ -287,5 +360,11 @@ def summary(rec: dict) -> str:
     else:
         errs = (f"test {rec['target']} MAE {fin['mae']:.4g} {m.get('unit') or ''}".rstrip()
                 + f"; step 0: {s0['mae']:.4g} with references, {s0['mae_without_references']:.4g} without")
+    g = rec.get("graph")
+    if g:
+        errs += (f"; graph {g['cutoff']:g} Å, k {g['max_neighbors']}"
+                 + (f" (raised from {g['raised_from']})" if "raised_from" in g else "")
+                 + (": no nearest-k cap active, energy continuous" if g["smooth"]
+                    else f": nearest-k caps active ({g['most_neighbours']} neighbours), energy jumps where neighbours swap order"))
     return (f"finetune --data: {rec['task']} on {Path(rec['data']).name} ({split} train/val/test), {errs}; "
             f"{m['epochs_run']} epochs, {m['wall_time_s']:.1f} s -> {rec['out']}/model.pt")
