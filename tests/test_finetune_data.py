@@ -138,7 +138,7 @@ def _rank_swap(a0, a1, rank: int) -> float:
     raise AssertionError("no neighbour swap on this path")
 
 
-def test_a_nearest_k_cap_makes_energy_jump_and_finetune_data_lifts_it(work, energy_forces_run):
+def test_a_nearest_k_cap_makes_energy_jump_and_finetune_data_lifts_it(work, energy_forces_run, capsys):
     """GemNet-OC's quadruplet graph keeps each atom's k * 8 // 30 nearest neighbours: with the
     embedded grid's k = 20 that is 5 of ethanol's 8, and where the 5th and 6th swap order on a path
     the energy jumps (so NVE cannot conserve it, whatever the step). ``finetune --data`` raises k to
@@ -152,7 +152,7 @@ def test_a_nearest_k_cap_makes_energy_jump_and_finetune_data_lifts_it(work, ener
     from atomsift.models.checkpoint import save_checkpoint
     from atomsift.models.heads import HeadSpec
     from atomsift.models.model import build_model
-    from atomsift.train.own_data import most_neighbours, smooth_graph
+    from atomsift.train.own_data import most_neighbours, pretrained_model, smooth_graph
 
     store = json.loads((energy_forces_run / "data.json").read_text())["store"]
     # the run from scratch (JMP's default 12 Å, k = 30) needed no change, and says so
@@ -163,12 +163,22 @@ def test_a_nearest_k_cap_makes_energy_jump_and_finetune_data_lifts_it(work, ener
     model = build_model("tiny", {"energy": HeadSpec("energy_grad_forces")}, seed=3).double()
     model.graph_overrides = {"cutoff": 5.0, "max_neighbors": 20}
     pre = save_checkpoint(work / "capped.pt", model)
-    block, record = smooth_graph(Path(store), str(pre), {})
-    assert block == {"cutoff": 5.0, "max_neighbors": 30}
-    assert record == {"cutoff": 5.0, "max_neighbors": 30, "most_neighbours": 8, "smooth": True, "raised_from": 20}
+    assert smooth_graph(Path(store), pretrained_model(str(pre)), None) == (
+        {"cutoff": 5.0, "max_neighbors": 30},
+        {"cutoff": 5.0, "max_neighbors": 30, "most_neighbours": 8, "smooth": True, "raised_from": 20})
+    # through the command: the run file gets the block, the model records it, the log line says it
+    args = ["finetune", "--data", str(work / "ethanol.extxyz"), "--pretrained", str(pre), "--epochs", "1",
+            "--batch-size", "16"]
+    assert main([*args, "--out", str(work / "ft-capped")]) == 0
+    assert yaml.safe_load((work / "ft-capped" / "run.yaml").read_text())["graph"] == {"cutoff": 5.0, "max_neighbors": 30}
+    assert json.loads((work / "ft-capped" / "data.json").read_text())["graph"]["raised_from"] == 20
+    assert "graph 5 Å, k 30 (raised from 20): no nearest-k cap active" in capsys.readouterr().err
     # a graph the user sets is kept, and reported
-    assert smooth_graph(Path(store), str(pre), {"graph": {"cutoff": 5.0, "max_neighbors": 20}}) == (
-        None, {"cutoff": 5.0, "max_neighbors": 20, "most_neighbours": 8, "smooth": False})
+    (work / "graph20.yaml").write_text("graph: {cutoff: 5.0, max_neighbors: 20}\n")
+    assert main([*args, "--config", str(work / "graph20.yaml"), "--out", str(work / "ft-user-graph")]) == 0
+    assert json.loads((work / "ft-user-graph" / "data.json").read_text())["graph"] == {
+        "cutoff": 5.0, "max_neighbors": 20, "most_neighbours": 8, "smooth": False}
+    assert "graph 5 Å, k 20: nearest-k caps active (8 neighbours)" in capsys.readouterr().err
 
     a0, a1 = read(work / "ethanol.extxyz", index=0), read(work / "ethanol.extxyz", index=30)
     t = _rank_swap(a0, a1, 5)

@@ -161,33 +161,28 @@ def smooth_k(k: int, most: int) -> int:
     return max(k, -(-most * den // num))
 
 
-def smooth_graph(store_path: Path, pretrained: str | None, base: dict) -> tuple[dict | None, dict]:
+def smooth_graph(store_path: Path, pre_model, user_graph) -> tuple[dict | None, dict]:
     """(the run file's ``graph:`` block, or None to keep the inherited one; the record for data.json).
 
-    The graph finetuning would use (the run file's ``graph:``, else the pretrained backbone's, else
-    JMP's table for the store) keeps its cutoff; its k is raised to :func:`smooth_k` of the file's
-    most crowded atom when that is at most ``K_SMOOTH_MAX``, so that no nearest-k cap is active on
-    the file and the energy is a continuous function of the positions (NVE conserves it). A
-    ``graph:`` set by the user is kept as it is and only reported."""
+    The graph finetuning would use (``user_graph``, the run file's validated ``graph:``; else the
+    pretrained model's, ``pre_model``; else JMP's table for the store) keeps its cutoff; its k is
+    raised to :func:`smooth_k` of the file's most crowded atom when that is at most
+    ``K_SMOOTH_MAX``, so that no nearest-k cap is active on the file and the energy is a continuous
+    function of the positions (NVE conserves it). A ``graph:`` set by the user is kept as it is
+    and only reported."""
     from atomsift.data.graphs import graph_settings
     from atomsift.data.store import Store
+    from atomsift.train.finetune import graph_of
 
     store = Store(store_path)
-    if "graph" in base:
-        g = base["graph"] or {}
-        cutoff, k = float(g.get("cutoff", 12.0)), int(g.get("max_neighbors", 30))
-    elif pretrained and pretrained != "none":
-        from atomsift.train.checkpointing import load_model
-        from atomsift.train.finetune import graph_of
-
-        settings = graph_of(load_model(Path(pretrained))[0], store.dataset)
-        cutoff, k = settings.cutoff, settings.max_neighbors
+    if user_graph is not None:
+        cutoff, k = float(user_graph.cutoff), int(user_graph.max_neighbors)
     else:
-        settings = graph_settings(store.dataset)
-        cutoff, k = settings.cutoff, settings.max_neighbors
+        settings = graph_of(pre_model, store.dataset) if pre_model is not None else graph_settings(store.dataset)
+        cutoff, k = float(settings.cutoff), int(settings.max_neighbors)
     most = most_neighbours(store, cutoff)
     want = smooth_k(k, most)
-    raise_k = "graph" not in base and k < want <= K_SMOOTH_MAX
+    raise_k = user_graph is None and k < want <= K_SMOOTH_MAX
     k_run = want if raise_k else k
     record = {"cutoff": cutoff, "max_neighbors": k_run, "most_neighbours": most, "smooth": smooth_k(k_run, most) == k_run}
     if raise_k:
@@ -195,14 +190,13 @@ def smooth_graph(store_path: Path, pretrained: str | None, base: dict) -> tuple[
     return ({"cutoff": cutoff, "max_neighbors": k_run} if raise_k else None), record
 
 
-def checkpoint_size(pretrained: str | None) -> str | None:
-    """The backbone size of a checkpoint (None for 'none' or a size we cannot name)."""
+def pretrained_model(pretrained: str | None):
+    """The model of a ``--pretrained`` checkpoint (None for 'none')."""
     if not pretrained or pretrained == "none":
         return None
     from atomsift.train.checkpointing import load_model
 
-    model, _ = load_model(Path(pretrained))
-    return getattr(model, "size", None)
+    return load_model(Path(pretrained))[0]
 
 
 def write_split(out: Path, store_path: Path, seed: int) -> dict:
@@ -325,14 +319,17 @@ def finetune_data(opts: DataOptions, out: str | Path, pretrained: str | None, ba
         raise InputError("pretrained checkpoint does not exist", path=pretrained, field="--pretrained")
     store_path, task, target = prepare(opts, cache_root(cache))
     prepared_s = time.time() - t0
-    run = run_file(base, task, store_path, target, size or ("size" not in base and checkpoint_size(pretrained)) or None,
+    pre_model = pretrained_model(pretrained)
+    run = run_file(base, task, store_path, target, size or ("size" not in base and getattr(pre_model, "size", None)) or None,
                    readout, source)
+    cfg = finetune_config_from_dict(run, source)  # the flags' errors name the key, before any output
     graph_record = None
     if task == "energy-forces":  # a model for MD: an energy without jumps where it can be had
-        block, graph_record = smooth_graph(store_path, pretrained, base)
+        block, graph_record = smooth_graph(store_path, pre_model, cfg.graph)
         if block is not None:
             run["graph"] = block
-    cfg = finetune_config_from_dict(run, source)  # the flags' errors name the key, before any output
+            cfg = finetune_config_from_dict(run, source)
+    del pre_model
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sizes = write_split(out, store_path, opts.split_seed)
