@@ -152,13 +152,15 @@ def test_a_nearest_k_cap_makes_energy_jump_and_finetune_data_lifts_it(work, ener
     from atomsift.models.checkpoint import save_checkpoint
     from atomsift.models.heads import HeadSpec
     from atomsift.models.model import build_model
-    from atomsift.train.own_data import most_neighbours, pretrained_model, smooth_graph
+    from atomsift.train.own_data import most_neighbours, pretrained_model, smooth_graph, smooth_k
 
     store = json.loads((energy_forces_run / "data.json").read_text())["store"]
     # the run from scratch (JMP's default 12 Å, k = 30) needed no change, and says so
     rec = json.loads((energy_forces_run / "data.json").read_text())["graph"]
     assert rec == {"cutoff": 12.0, "max_neighbors": 30, "most_neighbours": 8, "smooth": True}
     assert most_neighbours(Store(store), 5.0) == 8 and most_neighbours(Store(store), 1.2) == 3
+    # the smallest k whose quadruplet cap (k * 8 // 30, the tightest) keeps 8 or 20 neighbours
+    assert (smooth_k(20, 8), smooth_k(20, 20), smooth_k(40, 8)) == (30, 75, 40)
 
     model = build_model("tiny", {"energy": HeadSpec("energy_grad_forces")}, seed=3).double()
     model.graph_overrides = {"cutoff": 5.0, "max_neighbors": 20}

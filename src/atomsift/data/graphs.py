@@ -81,6 +81,12 @@ def graph_settings(dataset: str | list[str] | None, rule: str = "invariant") -> 
     return base if rule == base.rule else replace(base, rule=rule)
 
 
+def cap_sizes(k_main):
+    """(a2a, a2ee2a, qint) nearest-k caps for a main-graph cap ``k_main`` (an int or a tensor of
+    them): JMP's proportions 1000/30, 20/30 and 8/30."""
+    return (k_main * 1000) // 30, (k_main * 20) // 30, (k_main * 8) // 30
+
+
 def max_neighbors_per_structure(settings: GraphSettings, natoms: Tensor) -> Tensor:
     """(B,) main-graph k of every structure (JMP's conditional 30 / 10 / 5 rule when enabled)."""
     k = torch.full_like(natoms, int(settings.max_neighbors))
@@ -550,9 +556,7 @@ def build_graphs(
             ok = torch.linalg.det(cell.double()).abs() > 1e-9
             pbc = pbc & ok[:, None]
     k_main = max_neighbors_per_structure(settings, natoms)
-    k_aint = (k_main * 1000) // 30
-    k_ae = (k_main * 20) // 30
-    k_q = (k_main * 8) // 30
+    k_aint, k_ae, k_q = cap_sizes(k_main)
     ties = settings.rule != "jmp"
     a2a = radius_graph(pos, cell, pbc, natoms, settings.cutoff, k_aint, ties=ties)
     if edge_dropout > 0.0:

@@ -130,10 +130,8 @@ def run_file(base: dict, task: str, store: Path, target: str | None, size: str |
     return run
 
 
-# GemNet-OC's tightest nearest-k cap: the quadruplet graph keeps k * 8 // 30 neighbours (JMP's
-# proportions, data/graphs.py). A cap that is active makes the energy jump where two neighbours
-# swap order; ``finetune --data`` raises k (up to JMP's largest, rMD17's 100) until none is.
-QUAD_SHARE = (8, 30)
+# A nearest-k cap that is active makes the energy jump where two neighbours swap order
+# (docs/model.md); ``finetune --data`` raises k (up to JMP's largest, rMD17's 100) until none is.
 K_SMOOTH_MAX = 100
 
 
@@ -156,9 +154,13 @@ def most_neighbours(store, cutoff: float, chunk: int = 512) -> int:
 
 
 def smooth_k(k: int, most: int) -> int:
-    """The smallest main-graph k >= ``k`` whose every nearest-k cap keeps ``most`` neighbours."""
-    num, den = QUAD_SHARE
-    return max(k, -(-most * den // num))
+    """The smallest main-graph k >= ``k`` whose every nearest-k cap (``graphs.cap_sizes``: the
+    quadruplet graph's k * 8 // 30 is the tightest) keeps ``most`` neighbours."""
+    from atomsift.data.graphs import cap_sizes
+
+    while min(k, *cap_sizes(k)) < most:
+        k += 1
+    return k
 
 
 def smooth_graph(store_path: Path, pre_model, user_graph) -> tuple[dict | None, dict]:
@@ -329,7 +331,7 @@ def finetune_data(opts: DataOptions, out: str | Path, pretrained: str | None, ba
         if block is not None:
             run["graph"] = block
             cfg = finetune_config_from_dict(run, source)
-    del pre_model
+    del pre_model  # training loads its own copy: do not hold a large backbone twice
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sizes = write_split(out, store_path, opts.split_seed)
